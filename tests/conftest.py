@@ -1,0 +1,10 @@
+"""Test-wide settings: never touch a model hub, never send telemetry, render headless."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
