@@ -93,6 +93,13 @@ def register_case(name: str, aliases: tuple[str, ...] = ()) -> Callable[[Callabl
     return decorator
 
 
+def unregister_case(name: str) -> None:
+    """Remove a case and its aliases (for tests and plugins that register temporary cases)."""
+    spec = _CASES.pop(resolve_case_name(name))
+    for alias in spec.aliases:
+        _ALIASES.pop(alias, None)
+
+
 def _load_cases() -> None:
     global _loaded
     if _loaded:

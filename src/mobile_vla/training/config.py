@@ -76,8 +76,12 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        self.split_ratios = tuple(float(r) for r in self.split_ratios)
+        self.split_ratios = tuple(_as_float(r) for r in self.split_ratios)
         self.policy = dict(self.policy or {})
+        # YAML 1.1 reads "1e-3" (no dot) as a string and "1" as an int: accept both for float fields.
+        for f in dataclasses.fields(self):
+            if f.type == "float":
+                setattr(self, f.name, _as_float(getattr(self, f.name)))
         for name, low in (
             ("epochs", 1),
             ("batch_size", 1),
@@ -211,6 +215,20 @@ def _load_yaml_mapping(text: str, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
     return data
+
+
+def _as_float(value: Any) -> Any:
+    """int or numeric string -> float; anything else unchanged (and rejected by validation)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _finite(value: Any) -> bool:
