@@ -218,9 +218,8 @@ def _resampled_metrics(
         for j, axis in enumerate(axes):
             columns[f"{axis}_{_fmt(t)}"] = within[:, j]
     columns["tracking_accuracy"] = (err < TRACKING_THRESHOLD).all(axis=1)
-    same_sign = np.sign(pred) == np.sign(
-        targ
-    )  # (N, D); sign(0) == 0, so a zero target needs a zero prediction
+    # sign(0) == 0: a zero target (a stop) counts as right only for an exactly zero prediction.
+    same_sign = np.sign(pred) == np.sign(targ)  # (N, D)
     for j, axis in enumerate(axes):
         columns[f"direction_accuracy_{axis}"] = same_sign[:, j]
     if d >= 2:
