@@ -67,6 +67,11 @@ class FakeBackbone:
         return torch.tanh(x @ self._w_tokens)  # (B, N, Dtok)
 
     @torch.no_grad()
+    def encode_images_with_tokens(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls["pair"] = self.calls.get("pair", 0) + 1
+        return self.encode_images(images), self.encode_image_tokens(images)
+
+    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         self.calls["texts"] += 1
         counts = torch.zeros(len(texts), 64)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fake_backbone import FakeBackbone, write_tiny_dataset
+from PIL import Image
 from safetensors.torch import load_file
 
 from mobile_vla.data.dataset import EpisodeDataset
@@ -123,6 +124,25 @@ def test_text_features_are_computed_once_per_distinct_instruction(episodes):
         provider(batch, ("text",))
     distinct = {EpisodeDataset(episodes)[i]["text"] for i in range(0, 144, 18)}
     assert backbone.calls["texts"] == len(distinct) == 2
+
+
+def test_pooled_features_and_tokens_come_from_one_backbone_pass():
+    backbone = FakeBackbone()
+    images = [Image.new("RGB", (32, 24), (i * 40, 0, 0)) for i in range(3)]
+    features = FeatureProvider(backbone)(
+        {"image": images, "text": ["a"] * 3}, ("vision", "image_tokens", "text")
+    )
+    assert features["vision"].shape == (3, 48) and features["image_tokens"].shape == (3, 4, 24)
+    assert backbone.calls["pair"] == 1
+    torch.testing.assert_close(features["vision"], backbone.encode_images(images))
+
+
+def test_history_windows_give_features_with_a_time_axis():
+    backbone = FakeBackbone()
+    windows = [[Image.new("RGB", (32, 24), (i * 40, t * 60, 0)) for t in range(3)] for i in range(2)]
+    features = FeatureProvider(backbone)({"image": windows}, ("vision", "image_tokens"))
+    assert features["vision"].shape == (2, 3, 48) and features["image_tokens"].shape == (2, 3, 4, 24)
+    torch.testing.assert_close(features["vision"][1, 2], backbone.encode_images([windows[1][2]])[0])
 
 
 # --- learning ---------------------------------------------------------------------------------------------------

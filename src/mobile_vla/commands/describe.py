@@ -25,9 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def count_backbone_parameters(backbone: Any) -> int:
-    """Frozen parameters of a backbone: its ``num_parameters()`` if it has one, else its nn.Module attributes."""
-    if callable(getattr(backbone, "num_parameters", None)):
-        return int(backbone.num_parameters())
+    """Frozen parameters of a backbone: its ``num_parameters`` if it has one, else its nn.Module attributes."""
+    count = getattr(backbone, "num_parameters", None)
+    if callable(count):
+        count = count()
+    if isinstance(count, int):
+        return count
     import torch
 
     seen: set[int] = set()
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mobile_vla.backbones import create_backbone
 
-    kwargs = {"name_or_path": args.backbone_path} if args.backbone_path else {}
+    kwargs = {"path": args.backbone_path} if args.backbone_path else {}
     info = describe_case(args.case, create_backbone(args.backbone, device="cpu", **kwargs))
     if args.json:
         print(json.dumps(info, indent=2))

@@ -133,10 +133,42 @@ class FeatureProvider:
 
     def __call__(self, batch: Mapping[str, Any], names: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{name: tensor}`` for each of ``names``, computed from the collated ``batch``."""
-        return {name: self.compute(name, batch) for name in names}
+        out: dict[str, torch.Tensor] = {}
+        if {"vision", "image_tokens"} <= set(names) and self._joint_image_features():
+            # One forward pass gives both the pooled feature and the tokens (Case 2, Case 4).
+            out["vision"], out["image_tokens"] = self.compute_pair(batch)
+        for name in names:
+            if name not in out:
+                out[name] = self.compute(name, batch)
+        return out
+
+    def _joint_image_features(self) -> bool:
+        return (
+            hasattr(self.backbone, "encode_images_with_tokens")
+            and self.source("vision") is FEATURE_SOURCES["vision"]
+            and self.source("image_tokens") is FEATURE_SOURCES["image_tokens"]
+        )
+
+    def compute_pair(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(vision, image_tokens)`` from one ``backbone.encode_images_with_tokens`` call."""
+        pair: dict[str, torch.Tensor] = {}
+
+        def encode(provider: FeatureProvider, images: list[Any]) -> torch.Tensor:
+            pooled, tokens = provider.backbone.encode_images_with_tokens(images)
+            pair["tokens"] = tokens
+            return pooled
+
+        vision = self._compute(FeatureSource("image", encode, "image"), "vision+image_tokens", batch)
+        tokens = pair["tokens"]
+        if vision.dim() == 3:  # windowed: (B, W, Dv) -> tokens (B, W, N, Dtok)
+            tokens = tokens.reshape(*vision.shape[:2], *tokens.shape[1:])
+        return vision, tokens
 
     def compute(self, name: str, batch: Mapping[str, Any]) -> torch.Tensor:
-        source = self.source(name)
+        """One named feature of the collated ``batch``."""
+        return self._compute(self.source(name), name, batch)
+
+    def _compute(self, source: FeatureSource, name: str, batch: Mapping[str, Any]) -> torch.Tensor:
         if source.batch_key not in batch:
             raise KeyError(f"feature {name!r} needs batch[{source.batch_key!r}]; batch has {sorted(batch)}")
         inputs = list(batch[source.batch_key])

@@ -103,7 +103,7 @@ def build_backbone(config: TrainConfig, device: str) -> Any:
 
     kwargs: dict[str, Any] = {"device": device, "dtype": config.backbone_dtype}
     if config.backbone_path:
-        kwargs["name_or_path"] = config.backbone_path
+        kwargs["path"] = config.backbone_path
     return create_backbone(config.backbone, **kwargs)
 
 
