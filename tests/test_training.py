@@ -277,3 +277,43 @@ def test_random_frame_selection_draws_new_frames_each_epoch(episodes):
     dataset.set_epoch(1)
     assert dataset.frame_refs != first
     assert np.all([a[0] == b[0] for a, b in zip(first, dataset.frame_refs, strict=True)])
+
+
+def test_train_cli_has_a_flag_for_every_recipe_field_and_layers_them(tmp_path, capsys):
+    import dataclasses
+
+    import yaml
+
+    from mobile_vla.cli import build_parser, main
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in help_text, f.name
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 9\nlr: 1e-3\nbatch_size: 8\n")
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(recipe),
+        "--batch-size",
+        "4",
+        "--policy",
+        "dropout=0.2",
+        "--split-ratios",
+        "0.8",
+        "0.1",
+        "0.1",
+        "--drop-start-frame",
+        "--print-config",
+    ]
+    assert main(argv) == 0
+    config = TrainConfig.from_dict(yaml.safe_load(capsys.readouterr().out))
+    assert (config.case, config.epochs, config.lr, config.batch_size) == ("case1", 9, 1e-3, 4)
+    assert (
+        config.policy == {"dropout": 0.2}
+        and config.split_ratios == (0.8, 0.1, 0.1)
+        and config.drop_start_frame
+    )
+    assert config.weight_decay == 1e-3  # untouched fields keep the preset

@@ -282,16 +282,17 @@ class Trainer:
             EpisodeDataset,
             dataset_fingerprint,
             dataset_provenance,
+            load_episodes,
             split_episodes,
         )
 
         cfg = self.config
-        common = {"action_dims": tuple(action_dims), "drop_start_frame": cfg.drop_start_frame, **extra}
-        source = self.data if isinstance(self.data, (list, tuple)) else str(self.data)
-        full = EpisodeDataset(source, frame_selection="first", **common)
-        if not full.episodes:
-            raise ValueError(f"no readable episodes in {self.data} (skipped: {full.skipped})")
-        fingerprint = dataset_fingerprint(full.episodes)
+        listed = isinstance(self.data, (list, tuple))
+        source = [str(p) for p in self.data] if listed else str(self.data)
+        episodes, skipped = load_episodes(source)  # opened once, shared by the split datasets
+        if not episodes:
+            raise ValueError(f"no readable episodes in {self.data} (skipped: {skipped})")
+        fingerprint = dataset_fingerprint(episodes)
         if self._run_record is not None:
             recorded = self._run_record["data"]
             if recorded["fingerprint"] != fingerprint:
@@ -301,38 +302,32 @@ class Trainer:
                 )
             split = {k: list(recorded["split"][k]) for k in ("train", "val", "test")}
         else:
-            ids = sorted(e.episode_id for e in full.episodes)
-            split = split_episodes(ids, seed=cfg.split_seed, ratios=cfg.split_ratios)
+            split = split_episodes(
+                [e.episode_id for e in episodes], seed=cfg.split_seed, ratios=cfg.split_ratios
+            )
         if not split["train"]:
-            raise ValueError(
-                f"the split left no training episodes ({len(full.episodes)} episodes in {self.data})"
-            )
-        datasets = {
-            "train": EpisodeDataset(
-                source,
-                frame_selection=cfg.frame_selection,
+            raise ValueError(f"the split left no training episodes ({len(episodes)} episodes in {self.data})")
+        by_id = {e.episode_id: e for e in episodes}
+
+        def make(part: str, frame_selection: str) -> Any:
+            if not split[part]:
+                return None
+            return EpisodeDataset(
+                [by_id[i] for i in split[part]],
+                frame_selection=frame_selection,
+                action_dims=tuple(action_dims),
+                drop_start_frame=cfg.drop_start_frame,
                 seed=cfg.seed,
-                episode_ids=split["train"],
-                **common,
-            ),
-            "val": EpisodeDataset(
-                source,
-                frame_selection=cfg.eval_frame_selection,
-                seed=cfg.seed,
-                episode_ids=split["val"],
-                **common,
+                **extra,
             )
-            if split["val"]
-            else None,
-        }
+
+        datasets = {"train": make("train", cfg.frame_selection), "val": make("val", cfg.eval_frame_selection)}
         data_record = {
-            "path": str(Path(self.data).resolve())
-            if not isinstance(self.data, (list, tuple))
-            else [str(Path(p).resolve()) for p in self.data],
+            "path": [str(Path(p).resolve()) for p in source] if listed else str(Path(source).resolve()),
             "fingerprint": fingerprint,
-            "provenance": dataset_provenance(full.episodes),
-            "num_episodes": len(full.episodes),
-            "skipped": [[str(p), str(r)] for p, r in full.skipped],
+            "provenance": dataset_provenance(episodes),
+            "num_episodes": len(episodes),
+            "skipped": [[str(p), str(r)] for p, r in skipped],
             "split": {"seed": cfg.split_seed, "ratios": list(cfg.split_ratios), **split},
         }
         return datasets, data_record
