@@ -401,12 +401,12 @@ class Trainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         summary = self._summary("running", counters, start_epoch - 1)
         self._write_summary(summary)
-        for cb in self.callbacks:
-            cb.on_run_start(self)
 
         status, error = "running", None
         last_epoch = start_epoch - 1
         try:
+            for cb in self.callbacks:
+                cb.on_run_start(self)
             with _sigterm_as_interrupt():
                 last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
             status = "finished"
@@ -425,8 +425,16 @@ class Trainer:
             except Exception as exc:  # a plot must never hide the real outcome
                 logger.warning("could not draw the loss curve: %s", exc)
             for cb in self.callbacks:
-                cb.on_run_end(self, summary)
+                try:
+                    cb.on_run_end(self, summary)
+                except Exception:  # a logging hook must not turn a finished run into a crash, nor hide one
+                    logger.exception("callback %s failed in on_run_end", type(cb).__name__)
         return summary
+
+    @property
+    def run_record(self) -> dict[str, Any] | None:
+        """The content of ``config.json`` (None before ``fit`` starts a new run)."""
+        return self._run_record
 
     def _loop(self, policy: Policy, optimizer, scheduler, counters: dict[str, Any], start_epoch: int) -> int:
         cfg, run_dir = self.config, self.out_dir
