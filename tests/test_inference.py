@@ -130,3 +130,45 @@ def test_predict_from_an_image_file_matches_act(trained, tmp_path):
     image.save(tmp_path / "frame.png")
     from_file = policy.act_encoded((tmp_path / "frame.png").read_bytes(), "go left")
     np.testing.assert_allclose(from_file, policy.act(np.asarray(image), "go left"), rtol=1e-6)
+
+
+class WindowMean(torch.nn.Module):
+    """A stand-in history-window head: the action is a readout of the window's mean vision feature."""
+
+    history_length = 3
+    required_features = ("vision",)
+    action_dims = ("linear_x", "linear_y")
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(48, 2)
+
+    def forward(self, features):
+        return {"action": self.fc(features["vision"].mean(dim=1))}  # (B, W, Dv) -> (B, A)
+
+
+def test_history_window_policies_see_the_last_frames_padded_at_the_episode_start():
+    from mobile_vla.policies.inference import InferencePolicy
+    from mobile_vla.training.features import FeatureProvider
+
+    torch.manual_seed(0)
+    backbone, head = FakeBackbone(), WindowMean()
+    policy = InferencePolicy(
+        head, FeatureProvider(backbone), {"action_dims": ["linear_x", "linear_y"], "case": "w"}, "cpu"
+    )
+    frames = [np.full((24, 32, 3), 40 * i, np.uint8) for i in range(4)]
+
+    def expected(window):
+        with torch.no_grad():
+            return head({"vision": backbone.encode_images([Image.fromarray(f) for f in window])[None]})[
+                "action"
+            ][0].numpy()
+
+    np.testing.assert_allclose(policy.act(frames[0], "go"), expected([frames[0]] * 3), rtol=1e-5)
+    policy.act(frames[1], "go")
+    policy.act(frames[2], "go")
+    np.testing.assert_allclose(policy.act(frames[3], "go"), expected(frames[1:4]), rtol=1e-5)
+    policy.reset()
+    np.testing.assert_allclose(policy.act(frames[3], "go"), expected([frames[3]] * 3), rtol=1e-5)
+    with pytest.raises(NotImplementedError, match="chunk"):
+        policy.act_chunk(frames[0], "go")

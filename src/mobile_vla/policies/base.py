@@ -191,6 +191,11 @@ class Policy(nn.Module):
     def action_dims(self) -> tuple[str, ...]:
         return self.config.action_dims
 
+    @property
+    def history_length(self) -> int:
+        """Frames per sample: 1, or W for history-window cases (their features get a time axis, (B, W, ...))."""
+        return 1
+
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """features -> {"action": (B, A), ...}."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ class InferencePolicy:
     string. ``timings`` holds the last call's split in milliseconds: ``decode_ms`` (bytes -> image),
     ``preprocess_ms`` (to an RGB PIL image), ``backbone_ms`` (frozen encoders, incl. their processor),
     ``head_ms`` and ``total_ms``.
+
+    History-window cases (a policy with ``history_length`` W > 1, Case 4) get the last W frames of the
+    episode, the first frame repeated until W have been seen; ``reset()`` starts a new episode.
     """
 
     def __init__(self, policy: Policy, provider: Any, record: Mapping[str, Any], device: str) -> None:
@@ -105,6 +109,7 @@ class InferencePolicy:
         self.device = device
         self.action_dims: tuple[str, ...] = tuple(record["action_dims"])
         self.timings: dict[str, float] = {}
+        self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
 
     @property
     def case(self) -> str:
@@ -125,14 +130,28 @@ class InferencePolicy:
             "device": self.device,
         }
 
+    @property
+    def history_length(self) -> int:
+        """Frames per prediction: 1 for single-frame cases, W for history-window cases (Case 4)."""
+        return int(getattr(self.policy, "history_length", 1))
+
     def reset(self) -> None:
-        """Nothing to clear for single-frame cases (history-window cases override this)."""
+        """Start a new episode: forget the frame history (a no-op for single-frame cases)."""
+        self._history.clear()
 
     def act(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
-        """One velocity command ``(A,)`` (float32) for one frame."""
-        return self.act_batch([image], [instruction])[0]
+        """One velocity command ``(A,)`` (float32) for the next frame of the current episode."""
+        return self._step(image, instruction)["action"][0]
+
+    def act_chunk(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
+        """The next ``K`` commands ``(K, A)`` for chunking cases (``outputs["action_chunk"]``)."""
+        outputs = self._step(image, instruction)
+        if "action_chunk" not in outputs:
+            raise NotImplementedError(f"{self.case} predicts one action per step, not a chunk; use act()")
+        return outputs["action_chunk"][0]
 
     def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
+        """``act`` on encoded image bytes (PNG/JPEG), timing the decode too."""
         start = time.perf_counter()
         with Image.open(io.BytesIO(image_bytes)) as im:
             image = im.convert("RGB")
@@ -145,19 +164,36 @@ class InferencePolicy:
     def act_batch(
         self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str]
     ) -> np.ndarray:
-        """``(B, A)`` commands; each row depends only on its own image and instruction."""
-        from mobile_vla.training.features import to_pil
-
+        """``(B, A)`` commands for independent frames (no history); each row depends only on its own inputs."""
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        from mobile_vla.training.features import to_pil
+
         t0 = time.perf_counter()
         pil = [to_pil(im) for im in images]
+        inputs: list[Any] = pil if self.history_length == 1 else [[im] * self.history_length for im in pil]
+        return self._forward(inputs, list(instructions), t0)["action"]
+
+    def _step(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
+        from mobile_vla.training.features import to_pil
+
+        t0 = time.perf_counter()
+        frame = to_pil(image)
+        if self.history_length == 1:
+            return self._forward([frame], [instruction], t0)
+        self._history.append(frame)
+        window = list(self._history)
+        window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
+        return self._forward([window], [instruction], t0)
+
+    def _forward(self, images: list[Any], instructions: list[str], t0: float) -> dict[str, np.ndarray]:
         t1 = time.perf_counter()
-        features = self.provider({"image": pil, "text": list(instructions)}, self.policy.required_features)
+        features = self.provider({"image": images, "text": instructions}, self.policy.required_features)
         features = {k: v.to(device=self.device, dtype=torch.float32) for k, v in features.items()}
         t2 = time.perf_counter()
         with torch.no_grad():
-            action = self.policy(features)["action"].float().cpu().numpy()  # (B, A)
+            outputs = self.policy(features)
+        result = {k: v.float().cpu().numpy() for k, v in outputs.items() if k in ("action", "action_chunk")}
         t3 = time.perf_counter()
         self.timings = {
             "decode_ms": 0.0,
@@ -166,7 +202,7 @@ class InferencePolicy:
             "head_ms": (t3 - t2) * 1e3,
             "total_ms": (t3 - t0) * 1e3,
         }
-        return action
+        return result
 
 
 def load_policy(
