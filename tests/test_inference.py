@@ -46,7 +46,11 @@ def test_a_run_loads_as_a_control_policy(trained):
     np.testing.assert_allclose(policy.act_encoded(png.getvalue(), item["text"]), action, rtol=1e-6)
     assert policy.timings["decode_ms"] > 0
     policy.reset()
-    assert policy.info()["case"] == "case1" and policy.info()["action_dims"] == ["linear_x", "linear_y"]
+    assert (
+        policy.info()["case"] == "case1"
+        and policy.info()["model_class"] == "Simplified2DActionModelV2"
+        and policy.info()["action_dims"] == ["linear_x", "linear_y"]
+    )
 
 
 def test_the_instruction_is_encoded_once_per_distinct_string(trained):

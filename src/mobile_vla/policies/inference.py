@@ -120,6 +120,7 @@ class InferencePolicy:
         backbone = self.record["backbone"]
         return {
             "case": self.case,
+            "model_class": self.record.get("model_class"),
             "architecture": self.record.get("architecture"),
             "action_dims": list(self.action_dims),
             "backbone": {

@@ -54,6 +54,11 @@ class CaseSpec:
         """The head's class name: two cases with the same architecture show the same value."""
         return self.policy_class.__name__
 
+    @property
+    def model_class(self) -> str:
+        """The seed's class name for this case (its first alias), else the head's class name."""
+        return self.aliases[0] if self.aliases else self.architecture
+
 
 _CASES: dict[str, CaseSpec] = {}
 _ALIASES: dict[str, str] = {}

@@ -384,7 +384,9 @@ class Trainer:
         else:
             self._run_record = {
                 "case": self.case.name,
+                "model_class": self.case.model_class,
                 "architecture": self.case.architecture,
+                "trainable_parameters": policy.num_parameters(trainable_only=True),
                 "policy": policy.config.to_dict(),
                 "train": cfg.to_dict(),
                 "backbone": backbone_record(self.backbone),
