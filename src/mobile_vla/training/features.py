@@ -80,7 +80,7 @@ def to_pil(image: Any) -> Image.Image:
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected a uint8 [H, W, 3] RGB image, got dtype {array.dtype} shape {array.shape}")
-    return Image.fromarray(array, mode="RGB")
+    return Image.fromarray(array)  # uint8 [H, W, 3] is RGB
 
 
 class FeatureProvider:
