@@ -233,6 +233,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress
         self.device = resolve_device(config.device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         self._resuming = False
         self._run_record: dict[str, Any] | None = None
         self.case = get_case(config.case)
