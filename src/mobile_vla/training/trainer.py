@@ -654,6 +654,9 @@ def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: str | Path) -> P
     best = history[-1].get("best_epoch", -1)
     if best is not None and best >= 0:
         ax.axvline(best, color="grey", linestyle="--", label=f"best (epoch {best})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (Huber)")
     ax.set_yscale("log")
