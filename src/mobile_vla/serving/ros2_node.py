@@ -126,16 +126,21 @@ def is_stale(stamp: float | None, now: float, max_age_s: float) -> bool:
 
 
 class RateLimiter:
-    """Lets an event through at most once per ``period_s`` (monotonic seconds)."""
+    """Lets an event through at most once per ``period_s`` (monotonic seconds).
 
-    def __init__(self, period_s: float) -> None:
+    ``slack_s`` (default: 1% of the period, at most 5 ms) absorbs float rounding and timer jitter: without it a
+    check that comes a hair early (0.9 - 0.6 = 0.2999...) skips a whole timer tick and stretches the period.
+    """
+
+    def __init__(self, period_s: float, slack_s: float | None = None) -> None:
         if not period_s > 0:
             raise ValueError(f"period must be > 0 seconds, got {period_s!r}")
         self.period_s = period_s
+        self.slack_s = min(0.01 * period_s, 0.005) if slack_s is None else slack_s
         self._last: float | None = None
 
     def ready(self, now: float) -> bool:
-        return self._last is None or now - self._last >= self.period_s
+        return self._last is None or now - self._last >= self.period_s - self.slack_s
 
     def mark(self, now: float) -> None:
         self._last = now
@@ -374,7 +379,9 @@ def run_node(config: NodeConfig, api_key: str | None) -> None:
     node.create_subscription(CompressedImage if config.compressed else Image, config.image_topic, on_image, 1)
     if config.instruction_topic:
         node.create_subscription(String, config.instruction_topic, on_instruction, 10)
-    node.create_timer(config.control_period_s / 2, on_control_timer)  # the limiter keeps the period
+    # Tick often and let the limiter keep the period: a request still in flight at one tick is retried a
+    # tick later, not a whole period later.
+    node.create_timer(min(config.control_period_s / 4, 0.05), on_control_timer)
     node.create_timer(1.0 / config.publish_rate_hz, lambda: publish(loop.command(time.monotonic())))
     logger.info(
         "driving %s from %s (images: %s, period %.2f s, hold %.2f s)",
