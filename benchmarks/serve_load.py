@@ -118,12 +118,13 @@ def mean_ci(values: list[float]) -> dict:
 def run_level(
     url: str, key: str, body: bytes, concurrency: int, requests: int, timeout_s: float, deadline: float, bar
 ):
-    """One burst: ``requests`` requests split over ``concurrency`` threads. Returns (latencies, server, errors, wall)."""
+    """One burst: ``requests`` requests over ``concurrency`` threads -> (latencies, server, decode, errors, wall)."""
     import httpx
 
     per_client = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
     latencies: list[float] = []
     server_ms: list[float] = []
+    decode_ms: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
@@ -151,6 +152,7 @@ def run_level(
                     if ok and payload["source"] == "inferred":
                         latencies.append(elapsed)
                         server_ms.append(float(payload["latency_ms"]))
+                        decode_ms.append(float(payload["timings_ms"]["decode"]))
                     else:
                         errors.append(f"http_{response.status_code}" if not ok else payload["source"])
                 bar.update(1)
@@ -162,7 +164,7 @@ def run_level(
     for t in threads:
         t.join(max(deadline - time.monotonic(), 0) + timeout_s)
     wall = time.perf_counter() - start
-    return latencies, server_ms, errors, wall
+    return latencies, server_ms, decode_ms, errors, wall
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -240,14 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         total = len(args.concurrency) * args.repeats * args.requests
         with tqdm(total=total, desc="requests") as bar:
             for concurrency in args.concurrency:
-                lat, srv, errs, throughputs = [], [], [], []
+                lat, srv, dec, errs, throughputs = [], [], [], [], []
                 for _ in range(args.repeats):
                     bar.set_postfix(clients=concurrency)
-                    latencies, server_ms, errors, wall = run_level(
+                    latencies, server_ms, decode_ms, errors, wall = run_level(
                         url, key, body, concurrency, args.requests, args.timeout_s, deadline, bar
                     )
                     lat += latencies
                     srv += server_ms
+                    dec += decode_ms
                     errs += errors
                     throughputs.append(len(latencies) / wall if wall > 0 else 0.0)
                 if not lat:
@@ -261,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                         "error_kinds": sorted(set(errs)),
                         "latency_ms": {f"p{q}": percentile_ci(lat_arr, q) for q in (50, 95, 99)},
                         "server_latency_ms": {f"p{q}": percentile_ci(srv_arr, q) for q in (50, 95, 99)},
+                        "server_decode_ms": {"p50": percentile_ci(np.asarray(dec), 50)},
                         "throughput_rps": {**mean_ci(throughputs), "per_repeat": throughputs},
                     }
                 )
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['model']['model_name']}  ({result['request']['image']})")
     print(
-        f"{'clients':>7} {'n':>5} {'err':>4} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'server p50':>10}  throughput req/s (95% CI)"
+        f"{'clients':>7} {'n':>5} {'err':>4} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'server p50':>10} {'decode p50':>10}  throughput req/s (95% CI)"
     )
     for level in levels:
         lat, tp = level["latency_ms"], level["throughput_rps"]
@@ -302,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{level['concurrency']:>7} {level['n_requests']:>5} {level['errors']:>4} {lat['p50']['value']:>9.1f} "
             f"{lat['p95']['value']:>9.1f} {lat['p99']['value']:>9.1f} {level['server_latency_ms']['p50']['value']:>10.1f}"
+            f" {level['server_decode_ms']['p50']['value']:>10.1f}"
             f"  {tp['mean']:.1f} {ci} (n={tp['n']} repeats)"
         )
     print(f"wrote {args.out}")
