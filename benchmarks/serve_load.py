@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     height, width = (int(v) for v in args.image_size.lower().split("x"))
     image_b64 = encode_jpeg(robot_frame(height, width))
     body = json.dumps({"image": image_b64, "instruction": INSTRUCTION}).encode()
+    load_at_start = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     key = secrets.token_urlsafe(24)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
+            "load_average_at_start": load_at_start,
             "note": "server and load generator on the same machine, in separate processes",
         },
         "model": {k: info.get(k) for k in ("model_name", "case", "model_class", "device", "action_names")},

@@ -263,6 +263,21 @@ def test_request_body_over_the_limit_is_refused_before_parsing():
     assert response.status_code == 413
 
 
+def test_a_chunked_body_over_the_limit_is_cut_off_while_streaming():
+    client = make_client(input_limits=InputLimits(max_image_bytes=1000))
+
+    def chunks():  # no content-length: the server must count as it reads
+        yield b'{"image": "'
+        for _ in range(50):
+            yield b"A" * 4096
+        yield b'", "instruction": "x"}'
+
+    headers = {**HEADERS, "Content-Type": "application/json"}
+    response = client.post("/predict", headers=headers, content=chunks())
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413
+
+
 def test_default_limits_are_10_mb_and_4096_px():
     limits = InputLimits()
     assert limits.max_image_bytes == 10 * 1024 * 1024 and limits.max_image_side == 4096

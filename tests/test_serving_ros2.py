@@ -216,3 +216,84 @@ def test_the_node_has_help_without_ros():
         [sys.executable, "-m", "mobile_vla.serving.ros2_node", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--image-topic" in out.stdout
+
+
+class _Vector3:
+    def __init__(self) -> None:
+        self.x = self.y = self.z = 0.0
+
+
+class _Twist:
+    def __init__(self) -> None:
+        self.linear, self.angular = _Vector3(), _Vector3()
+
+
+class _FakeNode:
+    """Just enough of rclpy.node.Node to run run_node's wiring."""
+
+    instances: list = []
+
+    def __init__(self, name: str) -> None:
+        self.subscriptions, self.timers, self.published = {}, [], []
+        _FakeNode.instances.append(self)
+
+    def create_publisher(self, msg_type, topic, depth):
+        return SimpleNamespace(publish=lambda msg: self.published.append((topic, msg)))
+
+    def create_subscription(self, msg_type, topic, callback, depth):
+        self.subscriptions[topic] = callback
+
+    def create_timer(self, period, callback):
+        self.timers.append((period, callback))
+
+    def destroy_node(self) -> None:
+        pass
+
+
+def _fake_ros(monkeypatch, spin) -> None:
+    modules = {
+        "rclpy": SimpleNamespace(init=lambda: None, spin=spin, ok=lambda: True, shutdown=lambda: None),
+        "rclpy.node": SimpleNamespace(Node=_FakeNode),
+        "geometry_msgs": SimpleNamespace(),
+        "geometry_msgs.msg": SimpleNamespace(Twist=_Twist),
+        "sensor_msgs": SimpleNamespace(),
+        "sensor_msgs.msg": SimpleNamespace(Image=object, CompressedImage=object),
+        "std_msgs": SimpleNamespace(),
+        "std_msgs.msg": SimpleNamespace(String=object),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_the_rclpy_wrapper_turns_camera_frames_into_twists_and_stops_on_exit(monkeypatch):
+    import time
+
+    from mobile_vla.serving.app import ServerConfig, create_app
+    from mobile_vla.serving.server import BackgroundServer
+    from mobile_vla.serving.testing import ImageStatsPolicy
+
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    expected = ImageStatsPolicy().act(pixels, "go left")
+
+    def spin(node) -> None:
+        (control_period, control), (_, publish) = node.timers
+        node.subscriptions["/camera/image_raw"](image_msg(pixels, "rgb8"))
+        control()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            publish()
+            if node.published[-1][1].linear.x != 0.0:
+                break
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    _fake_ros(monkeypatch, spin)
+    app = create_app(ImageStatsPolicy(), {}, ServerConfig(insecure_no_auth=True))
+    with BackgroundServer(app) as server:
+        config = NodeConfig(server_url=server.url, instruction="go left", image_format="png")
+        ros2_node.run_node(config, api_key=None)
+    node = _FakeNode.instances[-1]
+    moving, final = node.published[-2][1], node.published[-1][1]
+    assert node.published[-1][0] == "/cmd_vel"
+    assert (moving.linear.x, moving.linear.y) == pytest.approx(tuple(expected), rel=1e-6)
+    assert (final.linear.x, final.linear.y, final.angular.z) == (0.0, 0.0, 0.0)  # zero on shutdown
