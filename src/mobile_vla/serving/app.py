@@ -161,6 +161,7 @@ def build_model_info(runner: PolicyRunner, metadata: dict, config: ServerConfig)
     info.update(
         {
             "action_dim": len(dims),
+            "action_dims": list(dims),  # the ControlPolicy's name for them
             "action_names": list(dims),
             "velocity_limits": config.velocity_limits.as_dict(dims),
             "supports_chunks": runner.supports_chunks,
