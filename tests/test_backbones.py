@@ -128,9 +128,19 @@ def test_one_pass_gives_the_same_pooled_and_tokens_as_separate_calls(backbone):
 def test_masked_mean_ignores_padding(backbone):
     short = "go left"
     long = INSTRUCTION_LEFT + " and then stop in front of it, slowly, without touching the two boxes"
-    alone = backbone.encode_texts([short])
-    padded = backbone.encode_texts([long, short, "turn"])  # `short` is padded to the length of `long`
+    with torch.no_grad():
+        alone = backbone._encode_texts([short])
+        padded = backbone._encode_texts([long, short, "turn"])  # `short` is padded to the length of `long`
     torch.testing.assert_close(padded[1:2], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_text_features_are_per_text_and_remembered(tiny):
+    texts = ["go right", INSTRUCTION_LEFT, "go right"]
+    batch = tiny.encode_texts(texts)
+    assert torch.equal(batch[0], batch[2])
+    assert torch.equal(tiny.encode_texts([INSTRUCTION_LEFT])[0], batch[1])  # exactly, whatever the batch
+    batch.zero_()  # a caller that writes into its features must not corrupt the remembered ones
+    assert tiny.encode_texts(["go right"]).abs().sum() > 0
 
 
 def test_masked_mean_helper_counts_only_real_tokens():
@@ -402,3 +412,39 @@ def test_clip_offline_fails_fast_or_falls_back_to_tiny_and_says_so(monkeypatch, 
     assert "RANDOM weights" in caplog.text
     with pytest.raises(BackboneUnavailableError):
         resolve_clip_encoder(device="cpu", allow_fallback=False)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------
+
+
+def test_cli_lists_profiles_and_explains_a_missing_kosmos2(capsys, monkeypatch):
+    from mobile_vla.cli import main
+
+    assert main(["backbones"]) == 0
+    assert "lite  (default)" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["backbones", "show", "kosmos2", "--device", "cpu"]) == 2
+    assert "--backbone-path DIR" in capsys.readouterr().err
+
+
+def test_cli_show_prints_dims_and_fingerprint(capsys, tiny_dir, tiny):
+    from mobile_vla.cli import main
+
+    assert (
+        main(
+            [
+                "backbones",
+                "show",
+                "kosmos2-tiny",
+                "--backbone-path",
+                str(tiny_dir),
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert info["vision_dim"] == tiny.vision_dim and info["text_dim"] == tiny.text_dim
+    assert info["fingerprint_hash"] == tiny.fingerprint_hash and info["pretrained"] is False

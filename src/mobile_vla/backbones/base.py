@@ -40,6 +40,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Bump when the way features are computed from the model changes (pooling, token selection, text mean), so
 # that every fingerprint, and with it every feature cache keyed on it, changes too.
 FEATURE_RECIPE_VERSION = 1
+TEXT_MEMO_SIZE = 1024  # distinct instructions whose features a backbone keeps (oldest dropped first)
 
 
 class BackboneUnavailableError(RuntimeError):
@@ -238,6 +239,7 @@ class Backbone(ABC):
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.dtype = dtype
+        self._text_memo: dict[str, torch.Tensor] = {}
 
     # ---- what subclasses provide ---------------------------------------------------------------------------
     @abstractmethod
@@ -299,13 +301,21 @@ class Backbone(ABC):
                 raise TypeError(f"text {i}: expected str, got {type(text).__name__}")
         if not texts:
             return torch.zeros(0, self.text_dim, device=self.device)
-        with torch.no_grad():
-            out = self._encode_texts(texts)
-        if out.shape != (len(texts), self.text_dim):
-            raise RuntimeError(
-                f"{self.profile}: text features {tuple(out.shape)}, expected {(len(texts), self.text_dim)}"
-            )
-        return out.float()
+        # A dataset has a handful of distinct instructions repeated over thousands of frames: each distinct
+        # text is encoded once, alone (so its feature never depends on what else is in the batch), and kept.
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_memo]
+        if missing:
+            with torch.no_grad():
+                for text in missing:
+                    out = self._encode_texts([text])
+                    if out.shape != (1, self.text_dim):
+                        raise RuntimeError(
+                            f"{self.profile}: text feature {tuple(out.shape)}, expected {(1, self.text_dim)}"
+                        )
+                    if len(self._text_memo) >= TEXT_MEMO_SIZE:
+                        self._text_memo.pop(next(iter(self._text_memo)))
+                    self._text_memo[text] = out[0].float()
+        return torch.stack([self._text_memo[t] for t in texts])  # (B, Dt), a fresh tensor
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
