@@ -109,6 +109,7 @@ def test_dims_follow_the_backbone(backbone):
     assert texts.shape == (2, backbone.text_dim)
     for out in (pooled, tokens, texts):
         assert out.dtype == torch.float32 and out.device == backbone.device and torch.isfinite(out).all()
+        assert out.is_contiguous()  # safetensors refuses strided views
     fp = backbone.fingerprint["dims"]
     assert fp == {
         "vision": pooled.shape[1],
@@ -325,6 +326,18 @@ def test_kosmos2_profile_reads_a_local_directory_like_the_tiny_profile(tiny_dir,
     torch.testing.assert_close(same.encode_images([scene(1)]), tiny.encode_images([scene(1)]))
     torch.testing.assert_close(same.encode_texts(["go left"]), tiny.encode_texts(["go left"]))
     assert same.spec()["path"] == str(tiny_dir)
+
+
+def test_kosmos2_checkpoint_without_encoder_weights_is_refused(tmp_path, tiny_dir):
+    from safetensors.torch import load_file, save_file
+
+    for f in tiny_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tmp_path / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("vision_model.model.encoder.layers.1.")}
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"encoder weights are missing.*vision_model.model.encoder.layers.1"):
+        create_backbone("kosmos2", device="cpu", path=str(tmp_path))
 
 
 def test_kosmos2_generation_checkpoint_loads_every_encoder_weight(tmp_path, tiny_dir, tiny):

@@ -281,7 +281,8 @@ class Backbone(ABC):
                 f"{self.profile}: model returned pooled {tuple(pooled.shape)} and tokens {tuple(tokens.shape)}, "
                 f"expected {(len(pil), self.vision_dim)} and {expected}; its config and weights disagree"
             )
-        return pooled.float(), tokens.float()
+        # contiguous: callers save these with safetensors, which refuses strided views
+        return pooled.float().contiguous(), tokens.float().contiguous()
 
     def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """(B, vision_dim) pooled image features, float32 on ``device``."""

@@ -83,6 +83,7 @@ class Kosmos2Backbone(Backbone):
         device: ``auto`` | ``cpu`` | ``cuda``.
         dtype: ``fp32`` | ``bf16`` (compute dtype; outputs are float32).
         profile: registry name recorded in the fingerprint and spec.
+        rebuild_kwargs: what ``spec()`` records for ``create_backbone`` (default: ``path`` and ``revision``).
     """
 
     def __init__(
@@ -93,13 +94,15 @@ class Kosmos2Backbone(Backbone):
         device: str = "auto",
         dtype: str = "fp32",
         profile: str = "kosmos2",
+        rebuild_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
         self.profile = profile
+        self._rebuild_kwargs = rebuild_kwargs
         self.path = str(path)
         self.revision = revision
 
-        def loader(ref: str, local_only: bool) -> tuple[Any, Any]:
+        def loader(ref: str, local_only: bool) -> tuple[Any, Any, Any]:
             from transformers import AutoModel, AutoProcessor
 
             kwargs: dict[str, Any] = {"local_files_only": local_only}
@@ -216,11 +219,9 @@ class Kosmos2Backbone(Backbone):
         }
 
     def _spec_kwargs(self) -> dict[str, Any]:
-        if self.profile == "kosmos2-tiny":
-            return {} if self._default_tiny else {"path": self.path}
+        if self._rebuild_kwargs is not None:
+            return dict(self._rebuild_kwargs)
         return {"path": self.path, **({"revision": self.revision} if self.revision else {})}
-
-    _default_tiny = False
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.model]
@@ -237,6 +238,8 @@ def _kosmos2(
 def _kosmos2_tiny(*, device: str = "auto", dtype: str = "fp32", path: str | None = None) -> Kosmos2Backbone:
     """A tiny random Kosmos-2, built once into ``path`` (default: under ``cache_dir()``) and loaded from there."""
     directory = ensure_tiny_kosmos2(path)
-    backbone = Kosmos2Backbone(str(directory), device=device, dtype=dtype, profile="kosmos2-tiny")
-    backbone._default_tiny = path is None
-    return backbone
+    # The default location is machine-specific, so a spec only names a path the user chose.
+    rebuild = {} if path is None else {"path": str(path)}
+    return Kosmos2Backbone(
+        str(directory), device=device, dtype=dtype, profile="kosmos2-tiny", rebuild_kwargs=rebuild
+    )
