@@ -4,23 +4,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from fake_backbone import write_tiny_dataset
 from PIL import Image
 
+from mobile_vla.backbones import create_backbone
 from mobile_vla.cli import main
 from mobile_vla.data.dataset import EpisodeDataset
 from mobile_vla.evaluation.metrics import metric_keys
 from mobile_vla.policies import create_policy, load_policy
 from mobile_vla.training.checkpoints import CheckpointMismatchError
 from mobile_vla.training.features import FeatureProvider
-
-try:  # TODO(trainer): drop this guard once mobile_vla.backbones is on main
-    from mobile_vla.backbones import create_backbone
-except ImportError:
-    pytest.skip("mobile_vla.backbones has not landed yet", allow_module_level=True)
-
-torch.set_num_threads(1)  # tiny heads: threads only contend with the other test processes
 
 
 @pytest.fixture(scope="module")

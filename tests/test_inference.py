@@ -17,8 +17,6 @@ from mobile_vla.training.checkpoints import CheckpointMismatchError
 from mobile_vla.training.config import resolve_train_config
 from mobile_vla.training.trainer import Trainer
 
-torch.set_num_threads(1)  # tiny heads: threads only contend with the other test processes
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -10,8 +10,6 @@ from mobile_vla.policies import FeatureDims, Policy, create_policy, get_case, re
 from mobile_vla.policies.case1 import Simplified2DActionModelV2, Simplified2DConfig
 from mobile_vla.policies.registry import CaseSpec, available_cases, unregister_case
 
-torch.set_num_threads(1)  # tiny heads: threads only contend with the other test processes
-
 
 def _features(dims: FeatureDims, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

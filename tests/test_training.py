@@ -17,8 +17,6 @@ from mobile_vla.training.config import TrainConfig, resolve_train_config
 from mobile_vla.training.features import FeatureProvider
 from mobile_vla.training.trainer import Callback, Trainer, make_loader
 
-torch.set_num_threads(1)  # tiny heads: threads only contend with the other test processes
-
 FAST = {"lr": 1e-3, "batch_size": 4, "frame_selection": "random", "device": "cpu"}
 
 
