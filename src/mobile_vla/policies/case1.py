@@ -92,5 +92,5 @@ def case1() -> CaseSpec:
         policy_class=Simplified2DActionModelV2,
         config=Simplified2DConfig(hidden_dim=256, dropout=0.4),
         train=CASE1_TRAIN,
-        description="Kosmos-2 features, vision + language projections, four-layer MLP head (seed Case 1)",
+        description="pooled vision + instruction features, each projected, concatenated, four-layer MLP head",
     )
