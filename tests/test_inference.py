@@ -103,7 +103,9 @@ def test_evaluate_reports_every_metric_with_n_and_an_interval_and_saves_predicti
     assert list(result["metrics"]) == metric_keys(("linear_x", "linear_y"))
     assert set(result["intervals"]) == set(result["metrics"]) - {"n"}
     for key, (low, high) in result["intervals"].items():
-        assert low <= result["metrics"][key] + 1e-9 and result["metrics"][key] <= high + 1e-9, key
+        # Percentile bootstrap intervals need not contain a biased point estimate (R² on a near-constant
+        # axis), so only their order is checked here; tests/test_metrics.py checks their values.
+        assert np.isfinite(low) and np.isfinite(high) and low <= high + 1e-12, key
     saved = np.load(trained / "run" / "predictions_test.npz")
     assert saved["predictions"].shape == saved["targets"].shape == (result["n"], 2)
     assert set(saved["episode_ids"]) == set(test_ids)
