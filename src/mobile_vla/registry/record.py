@@ -283,11 +283,14 @@ def unflatten_results(metrics: Mapping[str, float], prefix: str) -> dict[str, An
     if not values:
         return None
     n = values.pop("n", None)
-    return {
+    out: dict[str, Any] = {
         "n": int(n) if n is not None else None,
         "metrics": values,
         "intervals": {k: v for k, v in intervals.items() if not any(math.isnan(x) for x in v)},
     }
+    if "n_episodes" in values:
+        out["n_episodes"] = int(values.pop("n_episodes"))
+    return out
 
 
 def scenario_names(metrics: Mapping[str, float]) -> list[str]:

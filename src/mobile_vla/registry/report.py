@@ -69,14 +69,21 @@ def _run_label(run: StoredRun) -> str:
 
 # --- choosing what to show per case ------------------------------------------------------------------------
 def representative_runs(runs: Sequence[StoredRun]) -> dict[str, tuple[StoredRun, str]]:
-    """Per case: the champion's run, else the newest finished run, else the newest run; with why it was chosen."""
+    """Per case: the champion's run, else the newest finished run that may be ranked (real/sim data, pretrained
+    backbone), else the newest finished run, else the newest run; with why it was chosen."""
     out: dict[str, tuple[StoredRun, str]] = {}
     for case in sorted({r.case for r in runs}):
         mine = [r for r in runs if r.case == case]
         champion = [r for r in mine if "champion" in r.aliases]
         finished = [r for r in mine if r.status == "FINISHED"]
+        rankable = [r for r in finished if separation_reason(r) is None]
         if champion:
             out[case] = (champion[0], f"the champion (`models:/{case}@champion`)")
+        elif rankable:
+            out[case] = (
+                max(rankable, key=lambda r: r.start_time),
+                "the newest finished run on real or sim data",
+            )
         elif finished:
             out[case] = (max(finished, key=lambda r: r.start_time), "the newest finished run")
         else:
@@ -249,7 +256,7 @@ def _metrics_block(run: StoredRun, split: str) -> str:
         if result is None:
             lines.append(f"{name}: not evaluated")
             continue
-        episodes = run.metrics.get(f"{name}/n_episodes")
+        episodes = result.get("n_episodes")
         lines.append(
             f"{name} (n={result['n']} frames" + (f" from {int(episodes)} episodes" if episodes else "") + ")"
         )
