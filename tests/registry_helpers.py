@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,14 @@ def eval_result(
         if k == "n":
             continue
         w = half_width if (half_width is not None and k == "mae") else max(abs(v) * 0.1, 0.01)
-        intervals[k] = [v - w, v + w]
+        low, high = v - w, v + w
+        if k == "mae":
+            low = max(low, 0.0)
+        elif k.endswith(("_r2", "_correlation")):
+            high = min(high, 1.0)
+        else:  # percentages
+            low, high = max(low, 0.0), min(high, 100.0)
+        intervals[k] = [low, high]
     result = {
         "case": None,
         "split": split,
@@ -197,7 +205,7 @@ def write_run_dir(
         "early_stopped": False,
         "wall_time_s": 1.5 * epochs,
         "error": None if status == "finished" else "RuntimeError: boom",
-        "updated": created.replace("10:00:00", "10:05:00"),
+        "updated": (datetime.fromisoformat(created) + timedelta(seconds=1.5 * epochs + 60)).isoformat(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if checkpoint:

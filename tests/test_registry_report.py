@@ -198,7 +198,8 @@ def test_update_log_is_built_from_run_dates_and_promotions(lab):
     days = re.findall(r"^### (\d{4}-\d{2}-\d{2})$", log, flags=re.M)
     assert days == sorted(days, reverse=True) and {"2026-11-19", "2026-11-20", "2026-11-22"} <= set(days)
     assert "promoted case1 version" in log and "@champion (current)" in log
-    assert "case4 run `c4_crash`" in log and "failed" in log
+    crash = next(line for line in log.splitlines() if "`c4_crash`" in line)
+    assert crash.startswith("- 12:01 ") and "failed after 4 epochs (started 2026-11-22 12:00)" in crash
 
 
 def test_troubleshooting_lists_failures_with_their_error(lab):

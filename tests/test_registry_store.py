@@ -352,3 +352,59 @@ def test_trainer_callback_records_a_training(store, runs):
     run = store.get_run(callback.handle.run_id)
     assert run.status == "KILLED" and run.tag("error") == "TrainingKilled: SIGTERM"
     assert [s for s, _ in store.metric_history(run.run_id, "train_loss")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_team_mlflow_server_works_unchanged(tmp_path):
+    """`mlflow server` (REST + proxied artifacts, as a team runs it on PostgreSQL): same API, same results."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = fresh_store(tmp_path / "server")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(tmp_path / "server" / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        registry = open_registry(uri)
+        run_dir = write_run_dir(tmp_path / "runs", "remote", closed_loop=sim_result(9, 10))
+        run_id = registry.record_run_dir(run_dir)
+        run = registry.get_run(run_id)
+        assert run.status == "FINISHED" and run.closed_loop()["n"] == 10
+        registry.promote(run_dir)
+        run_dir.rename(tmp_path / "elsewhere")
+        fetched = registry.resolve_model_uri("models:/case1@champion", download_dir=tmp_path / "fetched")
+        assert file_sha256(fetched / "best.safetensors") == file_sha256(
+            tmp_path / "elsewhere" / "best.safetensors"
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

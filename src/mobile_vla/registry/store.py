@@ -141,6 +141,9 @@ def open_registry(
     if no_track:
         return NullRegistry()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow prints run URLs on stdout for server stores: that would corrupt a command's --json output.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     _check_reachable(uri)
     return Registry(
