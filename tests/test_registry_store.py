@@ -4,6 +4,7 @@ writers both land, unreachable stores fail at once, models:/NAME@ALIAS resolves,
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,24 @@ def test_a_resumed_run_directory_reopens_the_same_run(store, runs):
     assert second.run_id == first.run_id and store.get_run(first.run_id).status == "RUNNING"
     second.finish("finished")
     assert store.get_run(first.run_id).status == "FINISHED"
+
+
+def test_a_run_directory_deleted_and_trained_again_is_a_new_run(store, runs):
+    first = store.record_run_dir(write_run_dir(runs, "again", created="2026-11-20T10:00:00+00:00"))
+    shutil.rmtree(runs / "again")
+    second = store.record_run_dir(write_run_dir(runs, "again", created="2026-11-23T10:00:00+00:00"))
+    assert second != first
+    assert store.get_run(first).status == store.get_run(second).status == "FINISHED"
+
+
+def test_a_training_that_dies_before_writing_config_still_ends_failed(store, runs):
+    run_dir = runs / "early"
+    run_dir.mkdir(parents=True)
+    config = json.loads((write_run_dir(runs / "src", "early") / "config.json").read_text())
+    with pytest.raises(OSError), store.start_training_run(run_dir, config) as handle:
+        raise OSError("disk full")
+    run = store.get_run(handle.run_id)
+    assert run.status == "FAILED" and run.config_section("train") == config["train"]
 
 
 SCRIPT = textwrap.dedent(

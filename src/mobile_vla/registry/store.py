@@ -56,6 +56,7 @@ from mobile_vla.registry.record import (
     evaluation_tags,
     file_sha256,
     numeric_leaves,
+    param_value,
     read_run_dir,
     tag,
 )
@@ -375,7 +376,7 @@ class Registry:
         else:
             record = read_run_dir(run_dir) if (run_dir / "config.json").is_file() else RunRecord(run_dir, {})
             record.config = dict(config)
-        run_id = self._find_run(run_dir)
+        run_id = self._find_run(run_dir, record.config.get("created"))
         if run_id is None:
             run_id = self._create_run(record)
         else:
@@ -386,7 +387,7 @@ class Registry:
         self._log_fields(run_id, record, extra_tags={tag(k): v for k, v in writer.items()}, epochs=True)
         self._log_artifacts(run_id, record, checkpoint=False)
         _install_exit_hooks()
-        handle = RunHandle(self, run_id, run_dir)
+        handle = RunHandle(self, run_id, run_dir, record.config)
         _open_handles.add(handle)
         return handle
 
@@ -458,14 +459,25 @@ class Registry:
         return run_id if run_id is not None else self.record_run_dir(run_dir)
 
     # -- the run dir <-> MLflow run mapping ------------------------------------------------------------------
-    def _find_run(self, run_dir: Path) -> str | None:
+    def _find_run(self, run_dir: Path, created: Any = None) -> str | None:
+        """The MLflow run of a run directory: from its ``registry.json``, else by the ``run_dir`` tag.
+
+        A candidate counts only if it recorded the same ``created`` time as the directory's ``config.json``:
+        a directory deleted and trained again under the same path is a new run, not the old one reopened.
+        """
         from mlflow.exceptions import MlflowException
 
+        if created is None and (run_dir / "config.json").is_file():
+            with contextlib.suppress(ValueError, OSError):
+                created = json.loads((run_dir / "config.json").read_text()).get("created")
         entry = _read_mapping(run_dir).get(self.tracking_uri) or {}
         candidates = [entry.get("run_id")] if entry.get("run_id") else []
         if "'" not in str(run_dir):
             found = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{tag('run_dir')}` = '{run_dir}'", max_results=5
+                [self.experiment_id],
+                filter_string=f"tags.`{tag('run_dir')}` = '{run_dir}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=20,
             )
             candidates += [r.info.run_id for r in found]
         for run_id in candidates:
@@ -473,8 +485,12 @@ class Registry:
                 run = self.client.get_run(run_id)
             except MlflowException:
                 continue  # the mapping points at a run this store no longer has
-            if run.info.lifecycle_stage == "active":
-                return run_id
+            if run.info.lifecycle_stage != "active":
+                continue
+            recorded = run.data.params.get("created")
+            if created is not None and recorded is not None and recorded != param_value(created):
+                continue
+            return run_id
         return None
 
     def _create_run(self, record: RunRecord) -> str:
@@ -816,10 +832,11 @@ class Registry:
 class RunHandle:
     """The MLflow run of one training in progress. Finish it (or use ``with``): see `Registry.start_training_run`."""
 
-    def __init__(self, registry: Registry, run_id: str, run_dir: Path) -> None:
+    def __init__(self, registry: Registry, run_id: str, run_dir: Path, config: Mapping[str, Any]) -> None:
         self.registry = registry
         self.run_id = run_id
         self.run_dir = run_dir
+        self._config = dict(config)
         self.finished = False
         self._warned = False
 
@@ -856,7 +873,9 @@ class RunHandle:
             raise ValueError(f"status must be one of finished, failed, killed; got {status!r}")
         self.finished = True
         _open_handles.discard(self)
-        record = read_run_dir(self.run_dir)
+        # A training that died before writing config.json still ends with the config it started with.
+        has_config = (self.run_dir / "config.json").is_file()
+        record = read_run_dir(self.run_dir) if has_config else RunRecord(self.run_dir, self._config)
         record.summary = {**(record.summary or {}), **dict(summary or {}), "status": status}
         if error and not record.summary.get("error"):
             record.summary["error"] = error
