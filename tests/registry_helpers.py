@@ -21,7 +21,6 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 AXES = ("linear_x", "linear_y")
-THRESHOLDS = (0.3, 0.2, 0.15)
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,59 +42,30 @@ def fresh_store(directory: Path) -> str:
     return f"sqlite:///{target}"
 
 
-def standard_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """The `compute_metrics` keys (issue 2), computed plainly for test data."""
-    err = np.abs(pred - target)
-    out: dict[str, float] = {"n": int(len(pred)), "mae": float(err.mean())}
-    for t in THRESHOLDS:
-        out[f"accuracy_{t}"] = float(np.all(err < t, axis=1).mean() * 100)
-        for i, axis in enumerate(AXES):
-            out[f"{axis}_{t}"] = float((err[:, i] < t).mean() * 100)
-    for i, axis in enumerate(AXES):
-        ss_res = float(((target[:, i] - pred[:, i]) ** 2).sum())
-        ss_tot = float(((target[:, i] - target[:, i].mean()) ** 2).sum())
-        out[f"{axis}_r2"] = 1 - ss_res / ss_tot if ss_tot > 0 else 0.0
-        c = np.corrcoef(target[:, i], pred[:, i])[0, 1]
-        out[f"{axis}_correlation"] = 0.0 if np.isnan(c) else float(c)
-        out[f"direction_accuracy_{axis}"] = float((np.sign(pred[:, i]) == np.sign(target[:, i])).mean() * 100)
-    out["tracking_accuracy"] = float(np.all(err < 0.5, axis=1).mean() * 100)
-    out["magnitude_order_accuracy"] = float(
-        ((pred[:, 0] > pred[:, 1]) == (target[:, 0] > target[:, 1])).mean() * 100
-    )
-    return out
-
-
 def eval_result(
     split: str, n: int = 60, noise: float = 0.3, seed: int = 0, half_width: float | None = None
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """An `evaluate` result (``{"n", "metrics", "intervals", ...}``) with its predictions and targets."""
+    """An `evaluate` result (``metrics_with_intervals`` + evaluate's extras) with its predictions and targets.
+
+    ``half_width`` replaces the MAE's bootstrap interval by ``mae +- half_width`` (to force ties or gaps).
+    """
+    from mobile_vla.evaluation.metrics import metrics_with_intervals
+
     rng = np.random.default_rng(seed)
     target = rng.choice([-1.15, 0.0, 1.15], size=(n, 2)).astype(np.float32)
     pred = (target + rng.normal(0, noise, size=(n, 2))).astype(np.float32)
-    metrics = standard_metrics(pred, target)
-    intervals = {}
-    for k, v in metrics.items():
-        if k == "n":
-            continue
-        w = half_width if (half_width is not None and k == "mae") else max(abs(v) * 0.1, 0.01)
-        low, high = v - w, v + w
-        if k == "mae":
-            low = max(low, 0.0)
-        elif k.endswith(("_r2", "_correlation")):
-            high = min(high, 1.0)
-        else:  # percentages
-            low, high = max(low, 0.0), min(high, 100.0)
-        intervals[k] = [low, high]
+    stats = metrics_with_intervals(pred, target, axis_names=AXES, n_boot=200, seed=seed)
+    if half_width is not None:
+        mae = stats["metrics"]["mae"]
+        stats["intervals"]["mae"] = [max(mae - half_width, 0.0), mae + half_width]
     result = {
         "case": None,
         "split": split,
-        "n": n,
+        **stats,
         "n_episodes": n // 17 + 1,
-        "metrics": metrics,
-        "intervals": intervals,
-        "bootstrap": {"n_boot": 1000, "seed": 0, "confidence": 0.95, "method": "percentile"},
         "loss": float(noise / 10),
         "action_dims": list(AXES),
+        "data": {"fingerprint": None, "provenance": None},
     }
     return result, pred, target
 
@@ -225,6 +195,12 @@ def write_run_dir(
                 split_name, noise=noise, seed=seed * 10 + i, half_width=mae_half_width
             )
             result["case"] = case
+            # what evaluate records: the content hash of the episodes it evaluated (here: a stand-in)
+            ids = ",".join(split[split_name])
+            result["data"] = {
+                "fingerprint": f"{abs(hash((dataset, ids))) % 10**16:016d}",
+                "provenance": provenance,
+            }
             (run_dir / f"eval_{split_name}.json").write_text(json.dumps(result, indent=2))
             np.savez(run_dir / f"predictions_{split_name}.npz", predictions=pred, targets=target)
         if closed_loop is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mobile_vla.evaluation.intervals import intervals_overlap
 from mobile_vla.registry.record import StoredRun
 
 RANKED_PROVENANCES = ("real", "sim")
@@ -129,7 +130,7 @@ def assign_ranks(scores: Sequence[Score], higher_is_better: bool) -> list[Score]
 
     for i in range(n):
         for j in range(i + 1, n):
-            if _overlap(scores[i].interval, scores[j].interval):
+            if intervals_overlap(scores[i].interval, scores[j].interval):
                 parent[find(i)] = find(j)
     groups: dict[int, list[Score]] = {}
     for i, s in enumerate(scores):
@@ -148,12 +149,6 @@ def assign_ranks(scores: Sequence[Score], higher_is_better: bool) -> list[Score]
             s.tied_with = sorted(o.run.name for o in group if o is not s)
             out.append(s)
     return out
-
-
-def _overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
-    # Same rule as mobile_vla.evaluation.intervals.intervals_overlap (closed intervals; touching counts).
-    assert a is not None and b is not None
-    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def rank_runs(runs: Iterable[StoredRun], split: str = "test", dataset: str | None = None) -> Ranking:
