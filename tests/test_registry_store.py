@@ -23,6 +23,7 @@ from mobile_vla.registry import (
     RegistryUnavailableError,
     default_tracking_uri,
     open_registry,
+    registry_run_id,
 )
 from mobile_vla.registry.record import file_sha256
 
@@ -427,3 +428,27 @@ def test_a_team_mlflow_server_works_unchanged(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_a_store_failing_at_the_end_never_hides_the_trainings_outcome(store, runs, monkeypatch, caplog):
+    run_dir = _config_only(write_run_dir(runs, "store_down"))
+    trainer = type("Trainer", (), {"out_dir": run_dir})()
+    callback = store.training_callback()
+    callback.on_run_start(trainer)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(store, "_sync", down)
+    callback.on_run_end(trainer, {"status": "finished"})  # must not raise into the trainer's `finally`
+    assert f"mobile-vla registry record {run_dir}" in caplog.text
+    with pytest.raises(ValueError, match="diverged"), store.start_training_run(run_dir):
+        raise ValueError("diverged")  # the training's error, not the store's, reaches the caller
+
+
+def test_registry_run_id_reads_the_mapping_without_mlflow(store, runs):
+    run_dir = write_run_dir(runs, "mapped")
+    run_id = store.record_run_dir(run_dir)
+    assert registry_run_id(run_dir, store.tracking_uri) == run_id
+    assert registry_run_id(run_dir) == run_id  # recorded in one store only
+    assert registry_run_id(runs) is None

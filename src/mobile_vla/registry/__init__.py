@@ -24,6 +24,7 @@ from mobile_vla.registry.store import (
     default_tracking_uri,
     open_registry,
     registry_from_args,
+    registry_run_id,
     resolve_model_uri,
     resolve_tracking_uri,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "open_registry",
     "read_run_dir",
     "registry_from_args",
+    "registry_run_id",
     "resolve_model_uri",
     "resolve_tracking_uri",
 ]

@@ -890,12 +890,14 @@ class RunHandle:
             return
         if exc_type is None:
             self.finish("finished")
-        elif issubclass(exc_type, KeyboardInterrupt) or (
+            return
+        killed = issubclass(exc_type, KeyboardInterrupt) or (
             issubclass(exc_type, SystemExit) and _exit_reason["signal"] is not None
-        ):
-            self.finish("killed", error=f"{exc_type.__name__}: {exc}")
-        else:
-            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+        )
+        try:
+            self.finish("killed" if killed else "failed", error=f"{exc_type.__name__}: {exc}")
+        except Exception as store_error:  # never hide the training's own exception behind the store's
+            _log_unrecorded(self.run_dir, store_error)
 
 
 class RegistryCallback:
@@ -913,8 +915,12 @@ class RegistryCallback:
             self.handle.log_epoch(int(record.get("epoch", 0)), record)
 
     def on_run_end(self, trainer: Any, summary: Mapping[str, Any]) -> None:
+        # Called from the trainer's `finally`: an error here must not replace the training's outcome.
         if self.handle is not None:
-            self.handle.finish(str(summary.get("status", "failed")), summary)
+            try:
+                self.handle.finish(str(summary.get("status", "failed")), summary)
+            except Exception as exc:
+                _log_unrecorded(getattr(trainer, "out_dir", "RUN_DIR"), exc)
 
 
 # --- --no-track -------------------------------------------------------------------------------------------
@@ -966,6 +972,32 @@ class NullRegistry:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+def _log_unrecorded(run_dir: Any, exc: BaseException) -> None:
+    logger.error(
+        "registry: could not record the end of %s (%s); the run directory is complete, import it with "
+        "`mobile-vla registry record %s` once the store is reachable",
+        run_dir,
+        exc,
+        run_dir,
+    )
+
+
+def registry_run_id(run_dir: str | Path, tracking_uri: str | None = None) -> str | None:
+    """The MLflow run id a run directory is recorded under (from its ``registry.json``; no MLflow import).
+
+    For ``/model/info`` and logs. ``tracking_uri`` defaults to the URI `open_registry` would use; when the
+    directory was recorded in exactly one store, that one is returned whatever the URI.
+    """
+    stores = _read_mapping(Path(run_dir))
+    try:
+        entry = stores.get(resolve_tracking_uri(tracking_uri))
+    except RegistryUnavailableError:
+        entry = None
+    if entry is None and len(stores) == 1:
+        entry = next(iter(stores.values()))
+    return (entry or {}).get("run_id")
+
+
 def _read_mapping(run_dir: Path) -> dict[str, dict[str, Any]]:
     path = run_dir / REGISTRY_FILE
     if not path.is_file():
