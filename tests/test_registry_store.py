@@ -197,6 +197,8 @@ SCRIPT = textwrap.dedent(
     registry = open_registry(uri)
     if mode == "concurrent":
         with registry.start_training_run(run_dir) as run:
+            print("ready", flush=True)
+            sys.stdin.readline()     # "go": the other writer is ready too
             for epoch in range(30):
                 run.log_epoch(epoch, {{"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_loss": 0.5}})
         sys.exit(0)
@@ -215,6 +217,7 @@ def _spawn(tmp_path, mode, uri, run_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(
         [sys.executable, str(script), mode, uri, str(run_dir)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -244,12 +247,18 @@ def test_crashed_exited_and_killed_processes_never_leave_a_run_running(store, ru
 
 
 def test_two_trainings_logging_at_once_both_land_whole(store, runs, tmp_path):
-    dirs = [_config_only(write_run_dir(runs, f"parallel{i}", seed=i)) for i in range(2)]
-    procs = [_spawn(tmp_path, "concurrent", store.tracking_uri, d) for d in dirs]
-    for p in procs:
-        assert p.wait(timeout=180) == 0, p.stderr.read()
-    for d in dirs:
-        run = store.get_run(d)
+    """Two processes write the same SQLite store at the same time: this one and a spawned one."""
+    mine, theirs = (_config_only(write_run_dir(runs, f"parallel{i}", seed=i)) for i in range(2))
+    proc = _spawn(tmp_path, "concurrent", store.tracking_uri, theirs)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    with store.start_training_run(mine) as run:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        for epoch in range(30):
+            run.log_epoch(epoch, {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_loss": 0.5})
+    assert proc.wait(timeout=180) == 0, proc.stderr.read()
+    for run_dir in (mine, theirs):
+        run = store.get_run(run_dir)
         assert run.status == "FINISHED"
         history = store.metric_history(run.run_id, "train_loss")
         assert [step for step, _ in history] == list(range(30))
