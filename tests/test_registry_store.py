@@ -264,6 +264,20 @@ def test_two_trainings_logging_at_once_both_land_whole(store, runs, tmp_path):
         assert [step for step, _ in history] == list(range(30))
 
 
+def test_a_new_closed_loop_evaluation_replaces_the_previous_one(store, runs):
+    run_dir = write_run_dir(runs, "re_sim")
+    store.log_closed_loop(run_dir, sim_result(5, 10))
+    newer = sim_result(18, 20)
+    newer["per_scenario"] = {
+        "2box_vert_right": {"success_rate": 0.9, "n": 20, "intervals": {"success_rate": [0.7, 0.97]}}
+    }
+    store.log_closed_loop(run_dir, newer)
+    closed = store.get_run(run_dir).closed_loop()
+    assert closed["n"] == 20 and closed["metrics"]["success_rate"] == 0.9
+    assert list(closed["per_scenario"]) == ["2box_vert_right"]
+    assert json.loads((run_dir / "closed_loop.json").read_text())["n"] == 20
+
+
 def test_the_plain_mlflow_client_reads_our_runs_and_aliases(store, runs):
     from mlflow.tracking import MlflowClient
 

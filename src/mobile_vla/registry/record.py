@@ -250,7 +250,12 @@ def evaluation_tags(split: str, result: Mapping[str, Any], prefixed: bool = True
 
 
 def closed_loop_tags(result: Mapping[str, Any], prefixed: bool = True) -> dict[str, str]:
-    out = {"closed_loop.protocol": closed_loop_protocol(result)}
+    """The protocol hash, and the scenarios of the latest evaluation (older per-scenario metrics stay in the
+    store; this says which ones are current)."""
+    out = {
+        "closed_loop.protocol": closed_loop_protocol(result),
+        "closed_loop.scenarios": ",".join(sorted(result.get("per_scenario") or {}))[:MAX_TAG_VALUE],
+    }
     return {tag(k): v for k, v in out.items()} if prefixed else out
 
 
@@ -616,9 +621,12 @@ class StoredRun:
         result = unflatten_results(self.metrics, CLOSED_LOOP)
         if result is None:
             return None
+        current = self.tags.get(tag("closed_loop.scenarios"))
+        names = scenario_names(self.metrics)
+        if current is not None:
+            names = [n for n in names if n in set(current.split(","))]
         result["per_scenario"] = {
-            name: unflatten_results(self.metrics, f"{CLOSED_LOOP}/per_scenario/{name}")
-            for name in scenario_names(self.metrics)
+            name: unflatten_results(self.metrics, f"{CLOSED_LOOP}/per_scenario/{name}") for name in names
         }
         return result
 

@@ -404,9 +404,8 @@ class Registry:
         self._sync(run_id, record)
         return run_id
 
-    def _sync(self, run_id: str, record: RunRecord, error: str | None = None) -> None:
-        extra = {tag("error"): error} if error else {}
-        self._log_fields(run_id, record, extra_tags=extra, epochs=True)
+    def _sync(self, run_id: str, record: RunRecord) -> None:
+        self._log_fields(run_id, record, extra_tags={}, epochs=True)
         self._log_artifacts(run_id, record, checkpoint=True)
         if record.status == "finished" and record.checkpoint:
             self._register_version(run_id, record)
