@@ -99,9 +99,17 @@ def write_run_dir(
     rng = np.random.default_rng(split_seed)
     order = [episodes[i] for i in rng.permutation(len(episodes))]
     split = {"train": sorted(order[:14]), "val": sorted(order[14:17]), "test": sorted(order[17:])}
+    seed_names = {
+        "case1": "Simplified2DActionModelV2",
+        "case2": "CLIPNormalized2DActionModelV2",
+        "case3": "SimpleCase3Model",
+        "case4": "RoboVLMsCompleteModel",
+    }
     config = {
         "case": case,
-        "architecture": "Simplified2DActionModelV2" if case in ("case1", "case3") else f"{case.title()}Model",
+        "model_class": seed_names[case],
+        "architecture": "Simplified2DActionModelV2" if case in ("case1", "case3") else seed_names[case],
+        "trainable_parameters": hidden_dim * 1280 + hidden_dim + 2 * hidden_dim,
         "policy": {
             "hidden_dim": hidden_dim,
             "dropout": 0.4,

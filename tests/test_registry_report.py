@@ -116,8 +116,13 @@ def test_report_has_the_seed_documents_sections_in_order(lab):
 
 def test_each_case_has_its_class_base_encoders_head_and_json_blocks(lab):
     specs = _section(lab["text"], "Case specifications")
-    for case in ("case1", "case2", "case3", "case4"):
-        assert f"### {case}: `" in specs
+    for case, name in (
+        ("case1", "Simplified2DActionModelV2"),
+        ("case2", "CLIPNormalized2DActionModelV2"),
+        ("case3", "SimpleCase3Model"),
+        ("case4", "RoboVLMsCompleteModel"),
+    ):
+        assert f"### {case}: `{name}`" in specs
     case1 = specs[specs.index("### case1") : specs.index("### case2")]
     assert "champion" in case1 and "`c1_a`" in case1  # the champion is the run shown
     for field in (

@@ -165,7 +165,7 @@ def _show(args: argparse.Namespace) -> int:
         out.update(tags=run.tags, params=run.params, metrics=run.metrics)
         print(json.dumps(out, indent=2))
         return 0
-    from mobile_vla.registry.report import _metrics_block
+    from mobile_vla.registry.report import metrics_block
 
     print(f"run {run.run_id}  {run.name}  ({run.status_text})")
     print(f"  case {run.case}: {run.model_module}.{run.model_class}")
@@ -188,14 +188,14 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  registered: models:/{v['name']}/{v['version']} {aliases}")
     print("  hyperparameters: " + json.dumps(run.config_section("policy"), sort_keys=True))
     print("  training settings: " + json.dumps(run.config_section("train"), sort_keys=True))
-    print("  " + _metrics_block(run, "test").replace("\n", "\n  "))
+    print("  " + metrics_block(run, "test").replace("\n", "\n  "))
     return 0
 
 
 @_guard
 def _compare(args: argparse.Namespace) -> int:
     from mobile_vla.registry.ranking import rank_runs
-    from mobile_vla.registry.report import _ranking_rows, fmt_ci
+    from mobile_vla.registry.report import fmt_ci, ranking_rows
 
     registry = _open(args)
     ranking = rank_runs(registry.runs(), split=args.split, dataset=args.dataset)
@@ -213,7 +213,7 @@ def _compare(args: argparse.Namespace) -> int:
             f"\n{group.label}: ranked by {group.key} ({direction})"
             + (f"; {group.note}" if group.note else "")
         )
-        for row in _ranking_rows(group):
+        for row in ranking_rows(group):
             rank, case, name, value, n, tied = row
             print(
                 f"  {rank:<10} {case:<6} {name.strip('`'):<24} {value:<28} n={n:<6} tied with: {tied.replace('`', '')}"

@@ -345,12 +345,16 @@ class RunRecord:
         return dict((self.config.get("data") or {}).get("split") or {})
 
     def model_identity(self) -> tuple[str, str]:
-        """(class name, module) of the head, from ``config.json`` or, failing that, the case registry."""
+        """(model class name, module of the head class), from ``config.json`` or, failing that, the case registry.
+
+        The class is the case's name for it (the seed's, e.g. ``SimpleCase3Model``); the module is where the
+        head class that implements it lives (``architecture``; Case 3's is Case 1's).
+        """
         model = self.config.get("model") if isinstance(self.config.get("model"), Mapping) else {}
         cls = model.get("class") or self.config.get("model_class") or self.config.get("architecture")
         module = model.get("module") or self.config.get("model_module")
         if not module:
-            module = _module_from_case_registry(self.case, cls)
+            module = _module_from_case_registry(self.case)
         return str(cls or "unknown"), str(module or "unknown")
 
     # -- MLflow fields -------------------------------------------------------------------------------------
@@ -432,7 +436,11 @@ class RunRecord:
             out.update(evaluation_metrics(split, result))
         if self.closed_loop:
             out.update(closed_loop_metrics(self.closed_loop))
-        if self.checkpoint:
+        # The trainer's own count (config.json) when it has one; else the checkpoint's tensor sizes.
+        params = self.config.get("trainable_parameters")
+        if is_number(params):
+            out["model/trainable_params"] = float(params)
+        elif self.checkpoint:
             out["model/trainable_params"] = float(self.checkpoint["trainable_params"])
         return out
 
@@ -515,17 +523,14 @@ def _bool_text(value: Any) -> str:
     return "unknown" if value is None else ("true" if bool(value) else "false")
 
 
-def _module_from_case_registry(case: str, cls: Any) -> str | None:
-    """The head's module via the case registry, when it can be imported (it pulls in torch)."""
+def _module_from_case_registry(case: str) -> str | None:
+    """The head class's module via the case registry, when it can be imported (it pulls in torch)."""
     try:
         from mobile_vla.policies.registry import get_case
 
-        policy_class = get_case(case).policy_class
+        return get_case(case).policy_class.__module__
     except Exception:  # the registry is optional here: an unknown module is recorded as "unknown"
         return None
-    if cls and policy_class.__name__ != cls:
-        return None
-    return policy_class.__module__
 
 
 # --- reading back --------------------------------------------------------------------------------------------

@@ -175,6 +175,10 @@ def _overview(doc: _Doc, split: str) -> None:
 
 def _specs(doc: _Doc, runs: Sequence[StoredRun], reps: dict[str, tuple[StoredRun, str]], split: str) -> None:
     doc.h(2, "Case specifications")
+    if not reps:
+        doc.p(
+            "No runs recorded yet: `mobile-vla train` records them (or `mobile-vla registry record RUN_DIR`)."
+        )
     arch_of: dict[str, str] = {}
     for case, (run, _) in reps.items():
         arch_of.setdefault(run.tag("checkpoint.architecture_hash", ""), case)
@@ -201,7 +205,7 @@ def _specs(doc: _Doc, runs: Sequence[StoredRun], reps: dict[str, tuple[StoredRun
             head += f" (weights layout `{arch_hash[:8]}`"
             head += f", the same as {shared}'s)" if shared and shared != case else ")"
         doc.lines += [
-            f"- **Module / class**: `{run.model_module}.{run.model_class}`",
+            f"- **Module / class**: `{run.model_class}`, head `{run.model_module}.{run.tag('architecture')}`",
             f"- **Base**: backbone profile `{run.backbone_profile}`, "
             f"{_pretrained_text(run)}, fingerprint `{run.tag('backbone.fingerprint')}`",
             f"- **Vision encoder**: {_encoder(run, 'vision')}",
@@ -219,7 +223,7 @@ def _specs(doc: _Doc, runs: Sequence[StoredRun], reps: dict[str, tuple[StoredRun
         doc.h(4, "Training settings")
         doc.code(json.dumps(run.config_section("train"), indent=2), "json")
         doc.h(4, "Metrics")
-        doc.code(_metrics_block(run, split))
+        doc.code(metrics_block(run, split))
 
 
 def _head_description(run: StoredRun) -> str:
@@ -249,7 +253,7 @@ def _pretrained_text(run: StoredRun) -> str:
     return {True: "pretrained weights", False: "**random weights**"}.get(run.pretrained, "weights unknown")
 
 
-def _metrics_block(run: StoredRun, split: str) -> str:
+def metrics_block(run: StoredRun, split: str) -> str:
     lines = []
     for name in (split, "val"):
         result = run.evaluation(name)
@@ -371,7 +375,7 @@ def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
             f"Ranked by `{group.key}` ({direction}); split episode ids hash `{group.split_fingerprint}`."
             + (f" Note: {group.note}." if group.note else "")
         )
-        doc.table(["Rank", "Case", "Run", "Value [95% interval]", "n", "Tied with"], _ranking_rows(group))
+        doc.table(["Rank", "Case", "Run", "Value [95% interval]", "n", "Tied with"], ranking_rows(group))
         for run, reason in group.unranked:
             doc.lines.append(f"- not placed: {_run_label(run)}: {reason}")
         if group.unranked:
@@ -407,7 +411,7 @@ def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
         doc.lines.append("")
 
 
-def _ranking_rows(group: RankedGroup) -> list[list[str]]:
+def ranking_rows(group: RankedGroup) -> list[list[str]]:
     rows = []
     key = "success_rate" if group.key == CLOSED_LOOP_KEY else group.key.split("/", 1)[1]
     for s in group.scores:
