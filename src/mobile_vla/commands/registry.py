@@ -168,7 +168,7 @@ def _show(args: argparse.Namespace) -> int:
     from mobile_vla.registry.report import metrics_block
 
     print(f"run {run.run_id}  {run.name}  ({run.status_text})")
-    print(f"  case {run.case}: {run.model_module}.{run.model_class}")
+    print(f"  case {run.case}: {run.model_class} (head {run.model_module}.{run.tag('architecture')})")
     print(
         f"  backbone {run.backbone_profile} ({'pretrained' if run.pretrained else 'random weights'}), "
         f"fingerprint {run.tag('backbone.fingerprint')}"
@@ -276,6 +276,7 @@ def _report(args: argparse.Namespace) -> int:
     from mobile_vla.registry.report import write_report
 
     registry = _open(args)
+    registry.reconcile_stale_runs()  # a run whose process is gone is reported killed, not running
     path = write_report(registry, args.out, split=args.split)
     print(f"report: {path} (plots in {path.parent / (path.stem + '_plots')})")
     return 0

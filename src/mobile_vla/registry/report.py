@@ -258,7 +258,7 @@ def metrics_block(run: StoredRun, split: str) -> str:
     for name in (split, "val"):
         result = run.evaluation(name)
         if result is None:
-            lines.append(f"{name}: not evaluated")
+            lines.append(f"{name}: not evaluated (mobile-vla evaluate RUN_DIR --split {name})")
             continue
         episodes = result.get("n_episodes")
         lines.append(
