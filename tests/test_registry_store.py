@@ -246,10 +246,12 @@ def test_crashed_exited_and_killed_processes_never_leave_a_run_running(store, ru
     assert store.reconcile_stale_runs() == []
 
 
-def test_two_trainings_logging_at_once_both_land_whole(store, runs, tmp_path):
-    """Two processes write the same SQLite store at the same time: this one and a spawned one."""
+def test_two_trainings_logging_at_once_both_land_whole(runs, tmp_path):
+    """Two processes (this one and a spawned one) create a new SQLite store and write it at the same time."""
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # not a template copy: creating the tables is part of the race
     mine, theirs = (_config_only(write_run_dir(runs, f"parallel{i}", seed=i)) for i in range(2))
-    proc = _spawn(tmp_path, "concurrent", store.tracking_uri, theirs)
+    proc = _spawn(tmp_path, "concurrent", uri, theirs)
+    store = open_registry(uri)
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     with store.start_training_run(mine) as run:
         proc.stdin.write("go\n")

@@ -324,15 +324,19 @@ class Registry:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
         registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-        self.client = _RetryingClient(MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri))
         db = _sqlite_path(tracking_uri)
         self.cache_dir = (db.parent if db else project_dir() / "mlruns") / "downloads"
         location = artifact_location or default_artifact_location(tracking_uri)
         lock = _file_lock(db.with_name(db.name + ".lock")) if db else contextlib.nullcontext()
         try:
-            # The first open of a new SQLite file creates its tables (seconds); two processes must not race.
+            # The first open of a new SQLite file creates its tables (seconds, in the client's constructor and
+            # the registry store's first use); two processes doing it at once corrupt the migration.
             with lock:
+                self.client = _RetryingClient(
+                    MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+                )
                 self.experiment_id = self._experiment(experiment, location)
+                self.client.search_registered_models(max_results=1)  # builds the registry store now
         except RegistryUnavailableError:
             raise
         except Exception as exc:
