@@ -19,6 +19,8 @@ def register(subparsers) -> None:
         help="every recorded run: list, show, compare, report, promote",
         description="The model registry (MLflow tracking + model registry). Runs are recorded by train, "
         "evaluate and sim evaluate; these commands read them, rank them honestly and promote a version.",
+        epilog="Browse the store in MLflow's UI: mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db "
+        "(the default store; use your --tracking-uri otherwise).",
     )
     sub = parser.add_subparsers(dest="registry_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -120,6 +122,7 @@ def _list(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {registry.tracking_uri}")
         return 0
+    print(f"store: {registry.tracking_uri} ({len(runs)} runs)")
     header = (
         f"{'run id':<9} {'name':<24} {'case':<6} {'status':<9} {'dataset':<17} {'data':<9} {'weights':<7} "
     )

@@ -37,7 +37,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -239,8 +238,9 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 # --- ending runs that their process could not end --------------------------------------------------------
-_open_handles: weakref.WeakSet[RunHandle] = weakref.WeakSet()
-_exit_reason: dict[str, Any] = {"signal": None, "exception": None}
+# Strong references: a handle whose caller dropped it must still be closed at exit.
+_open_handles: set[RunHandle] = set()
+_exit_reason: dict[str, Any] = {"signal": None, "exception": None, "message": None}
 _hooks_installed = False
 
 
@@ -255,6 +255,7 @@ def _install_exit_hooks() -> None:
 
     def excepthook(exc_type, exc, tb):
         _exit_reason["exception"] = exc_type
+        _exit_reason["message"] = f"{exc_type.__name__}: {exc}"
         previous_hook(exc_type, exc, tb)
 
     sys.excepthook = excepthook
@@ -282,11 +283,12 @@ def _close_open_handles() -> None:
             _exit_reason["exception"] is not None and issubclass(_exit_reason["exception"], KeyboardInterrupt)
         )
         status = "killed" if killed else "failed"
-        reason = (
-            f"process ended by signal {_exit_reason['signal']}"
-            if _exit_reason["signal"] is not None
-            else "process exited without finishing the run"
-        )
+        if _exit_reason["signal"] is not None:
+            reason = f"process ended by signal {_exit_reason['signal']}"
+        elif _exit_reason["message"]:
+            reason = f"process ended by an uncaught {_exit_reason['message']}"
+        else:
+            reason = "process exited without finishing the run"
         try:
             handle.finish(status, error=reason)
         except Exception as exc:  # at exit there is no one left to raise to
