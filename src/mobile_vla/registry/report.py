@@ -578,10 +578,16 @@ def _troubleshooting(doc: _Doc, runs: Sequence[StoredRun], ranking: Ranking, spl
     for run in runs:
         if run.status in ("FAILED", "KILLED"):
             items.append(f"{_run_label(run)} {run.status_text}: {run.tag('error', 'no error recorded')}")
-        elif run.status == "RUNNING":
+        elif run.status == "RUNNING" and "mobile_vla.pid" in run.tags:
             items.append(
                 f"{_run_label(run)} is still marked running (writer {run.tag('host')}:{run.tag('pid')}). If that "
                 "process is gone, `mobile-vla registry list` on that host marks it killed."
+            )
+        elif run.status == "RUNNING":
+            items.append(
+                f"{_run_label(run)} was imported while its summary.json said running. Resume the training "
+                f"(`mobile-vla train --resume --out {run.run_dir} --data DIR`) or, once it has ended, import it again "
+                f"(`mobile-vla registry record {run.run_dir}`)."
             )
         if "mobile_vla.param_conflicts" in run.tags:
             items.append(
