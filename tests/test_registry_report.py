@@ -244,6 +244,31 @@ def test_cli_list_show_promote_resolve_and_report(lab, capsys, tmp_path):
     assert "## Ranking" in out_md.read_text()
 
 
+def test_promote_best_takes_the_top_of_one_datasets_ranking_and_says_who_it_is_tied_with(lab, capsys):
+    uri = lab["uri"]
+    assert main(["registry", "promote", "--best", "--alias", "best", "--tracking-uri", uri]) == 2
+    assert "choose one with --dataset" in capsys.readouterr().err  # two datasets have ranked runs
+    assert (
+        main(
+            [
+                "registry",
+                "promote",
+                "--best",
+                "--dataset",
+                DATASET_A,
+                "--alias",
+                "best",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "models:/case1@best" in out and "tied with (overlapping intervals): c3_a" in out
+    assert lab["registry"].resolve_model_uri("models:/case1@best") == lab["dirs"]["c1_a"].resolve()
+
+
 def test_cli_errors_are_one_clear_line(lab, capsys):
     assert main(["registry", "show", "no-such-run", "--tracking-uri", lab["uri"]]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err

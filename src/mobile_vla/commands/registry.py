@@ -64,9 +64,18 @@ def register(subparsers) -> None:
     )
     p.add_argument("--split", default="test", help="offline split to report (default test)")
 
-    p = add("promote", "point models:/CASE@ALIAS at a run's registered version", _promote)
-    p.add_argument("run", help="run directory, run id, run name, or models:/NAME/VERSION")
+    p = add(
+        "promote",
+        "point models:/CASE@ALIAS at a run's registered version",
+        _promote,
+        description="Point models:/CASE@ALIAS at the registered version of RUN, or with --best at the top run of "
+        "the ranking (`registry compare`) on one dataset.",
+    )
+    p.add_argument("run", nargs="?", help="run directory, run id, run name, or models:/NAME/VERSION")
     p.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    p.add_argument("--best", action="store_true", help="promote the top-ranked run instead of RUN")
+    p.add_argument("--dataset", metavar="FINGERPRINT", help="with --best: the dataset to rank on")
+    p.add_argument("--split", default="test", help="with --best: the split to rank on (default test)")
 
     p = add(
         "record",
@@ -287,14 +296,22 @@ def _report(args: argparse.Namespace) -> int:
 
 @_guard
 def _promote(args: argparse.Namespace) -> int:
+    if bool(args.run) == bool(args.best):
+        print("error: give either RUN or --best", file=sys.stderr)
+        return 2
     registry = _open(args)
-    info = registry.promote(args.run, alias=args.alias)
-    was = (
-        f" (was version {info['previous']})"
-        if info["previous"] and info["previous"] != info["version"]
-        else ""
-    )
+    if args.best:
+        info = registry.promote_best(alias=args.alias, split=args.split, dataset=args.dataset)
+    else:
+        info = registry.promote(args.run, alias=args.alias)
+    previous = info["previous"]
+    was = f" (was version {previous})" if previous and previous != info["version"] else ""
     print(f"models:/{info['name']}@{info['alias']} -> version {info['version']} (run {info['run_id']}){was}")
+    if args.best:
+        low, high = info["interval"]
+        print(f"  ranked first by {info['key']}: {info['value']:.4g} [{low:.4g}, {high:.4g}], n={info['n']}")
+        if info["tied_with"]:
+            print(f"  tied with (overlapping intervals): {', '.join(info['tied_with'])}")
     return 0
 
 

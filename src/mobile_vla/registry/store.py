@@ -666,6 +666,36 @@ class Registry:
         self.client.set_model_version_tag(name, version, tag(f"promoted.{alias}"), _now_iso())
         return {"name": name, "version": version, "alias": alias, "run_id": run_id, "previous": previous}
 
+    def promote_best(
+        self, alias: str = "champion", split: str = "test", dataset: str | None = None
+    ) -> dict[str, Any]:
+        """Promote the top run of the ranking (`mobile_vla.registry.ranking`); one dataset group is required.
+
+        Among runs tied at rank 1 the best point estimate is taken: the result's ``tied_with`` says which runs
+        the data cannot tell apart from it, so the caller can say so.
+        """
+        from mobile_vla.registry.ranking import rank_runs
+
+        ranking = rank_runs(self.runs(), split=split, dataset=dataset)
+        groups = [g for g in ranking.groups if g.scores]
+        if not groups:
+            raise RegistryLookupError(
+                f"no rankable run on split {split!r}"
+                + (f" and dataset {dataset}" if dataset else "")
+                + " (see `mobile-vla registry compare`)"
+            )
+        if len(groups) > 1:
+            names = ", ".join(g.dataset for g in groups)
+            raise RegistryLookupError(
+                f"ranked runs on {len(groups)} datasets ({names}): choose one with --dataset"
+            )
+        top = groups[0].scores[0]
+        info = self.promote(top.run.run_id, alias=alias)
+        info.update(
+            key=groups[0].key, value=top.value, interval=top.interval, n=top.n, tied_with=top.tied_with
+        )
+        return info
+
     def _model_version(self, uri: str) -> Any:
         from mlflow.exceptions import MlflowException
 
