@@ -477,3 +477,27 @@ def test_registry_run_id_reads_the_mapping_without_mlflow(store, runs):
     assert registry_run_id(run_dir, store.tracking_uri) == run_id
     assert registry_run_id(run_dir) == run_id  # recorded in one store only
     assert registry_run_id(runs) is None
+
+
+def test_database_is_locked_is_retried_and_other_errors_are_not():
+    from mobile_vla.registry.store import _RetryingClient
+
+    class Flaky:
+        calls = 0
+
+        def log_batch(self, run_id):
+            Flaky.calls += 1
+            if Flaky.calls < 3:
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return run_id
+
+        def get_run(self, run_id):
+            Flaky.calls += 1
+            raise ValueError("RESOURCE_DOES_NOT_EXIST")
+
+    client = _RetryingClient(Flaky())
+    assert client.log_batch("r") == "r" and Flaky.calls == 3
+    Flaky.calls = 0
+    with pytest.raises(ValueError):
+        client.get_run("r")
+    assert Flaky.calls == 1
