@@ -119,6 +119,8 @@ def test_importing_twice_changes_nothing(store, runs):
     assert store.record_run_dir(run_dir) == first
     assert store.metric_history(first, "train_loss") == history
     assert store.get_run(first).versions == versions
+    (run_dir / "registry.json").unlink()  # e.g. a copy without it: found again by its run_dir tag
+    assert store.record_run_dir(run_dir) == first
 
 
 def test_live_logging_records_the_same_as_importing_afterwards(store, runs):
