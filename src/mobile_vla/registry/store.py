@@ -563,8 +563,7 @@ class Registry:
                 logged[key] = {m.step for m in self.client.get_metric_history(run_id, key)}
             if epoch not in logged[key]:
                 pending.append((epoch, values))
-        for epoch, values in pending:
-            self._log_metrics(run_id, values, step=epoch, skip_unchanged=False)
+        self._log_batches(run_id, [(k, v, epoch) for epoch, values in pending for k, v in values.items()])
 
     def _log_metrics(
         self,
@@ -574,13 +573,17 @@ class Registry:
         skip_unchanged: bool,
         logged: Mapping[str, float] | None = None,
     ) -> None:
-        from mlflow.entities import Metric
-
         if skip_unchanged:
             logged = logged if logged is not None else self.client.get_run(run_id).data.metrics
             values = {k: v for k, v in values.items() if logged.get(k) != v}
+        self._log_batches(run_id, [(k, v, step) for k, v in values.items()])
+
+    def _log_batches(self, run_id: str, values: list[tuple[str, float, int]]) -> None:
+        """(key, value, step) triples in as few transactions as MLflow allows (1000 metrics per batch)."""
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        metrics = [Metric(k, float(v), now, int(step)) for k, v, step in values]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
