@@ -123,12 +123,17 @@ class ResamplerBlock(nn.Module):
         self.self_attn = Attention(dim, num_heads, dropout=dropout)
         self.ffn = FeedForward(dim, ffn_mult, dropout)
 
-    def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latents: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # The latents also see themselves in the cross-attention (Flamingo's trick): a latent can keep its own
         # content instead of being forced to copy some token.
         queries = self.norm_latents(latents)  # (B, L, D)
         context = torch.cat([self.norm_tokens(tokens), queries], dim=1)  # (B, N + L, D)
-        latents = latents + self.cross_attn(queries, context)  # (B, L, D)
+        mask = None
+        if token_mask is not None:  # (B, N), True = a real token; the latents are always visible
+            mask = torch.cat([token_mask.bool(), token_mask.new_ones(latents.shape[:2], dtype=torch.bool)], 1)
+        latents = latents + self.cross_attn(queries, context, key_mask=mask)  # (B, L, D)
         normed = self.norm_self(latents)
         latents = latents + self.self_attn(normed, normed)  # (B, L, D)
         return latents + self.ffn(latents)  # (B, L, D)
