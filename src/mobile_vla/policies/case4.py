@@ -199,9 +199,12 @@ class RoboVLMsCompleteModel(Policy):
         else:
             self.frame_proj = nn.Linear(self.dims.vision, h)
         self.text_proj = nn.Linear(self.dims.text, h)
-        # Position in the window (the last slot is the current frame) and a marker for the text token.
-        self.time_embed = nn.Parameter(torch.randn(w, h) * 0.02)
-        self.text_embed = nn.Parameter(torch.randn(h) * 0.02)
+        # Position in the window (the last slot is the current frame) and a marker for the text token. Like
+        # the plan and step queries below, they start at unit scale, the scale of the LayerNorm'd frame
+        # embeddings they are added to: at ViT's 0.02 the K step queries were near-identical after the
+        # blocks' LayerNorms, so every step of a chunk started out predicting the same action.
+        self.time_embed = nn.Parameter(torch.randn(w, h))
+        self.text_embed = nn.Parameter(torch.randn(h))
         self.temporal = nn.ModuleList(
             TransformerBlock(h, c.num_heads, c.dropout) for _ in range(c.temporal_depth)
         )
@@ -211,7 +214,7 @@ class RoboVLMsCompleteModel(Policy):
         if c.use_hierarchical_planning:
             self.task_head = MLPHead([h, h, c.num_tasks], c.activation, c.dropout)
             self.task_embed = nn.Linear(c.num_tasks, h, bias=False)  # soft task -> embedding
-            self.plan_queries = nn.Parameter(torch.randn(c.max_plan_length, h) * 0.02)
+            self.plan_queries = nn.Parameter(torch.randn(c.max_plan_length, h))
             self.planner = ResamplerBlock(h, c.num_heads, 4, c.dropout)
             self.norm_plan = nn.LayerNorm(h)
 
@@ -226,7 +229,7 @@ class RoboVLMsCompleteModel(Policy):
             self.state_to_memory = nn.Linear(c.state_dim, h)
 
         # Action sequencer: K step queries read the memory, the plan and the predicted states.
-        self.step_queries = nn.Parameter(torch.randn(c.max_sequence_length, h) * 0.02)
+        self.step_queries = nn.Parameter(torch.randn(c.max_sequence_length, h))
         self.sequencer = ResamplerBlock(h, c.num_heads, 4, c.dropout)
         self.norm_steps = nn.LayerNorm(h)
         self.action_head = MLPHead([2 * h, 2 * h, h, h // 2, c.action_dim], c.activation, c.dropout)
