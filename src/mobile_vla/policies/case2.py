@@ -11,8 +11,7 @@ towards the frozen CLIP image embedding of the same frame.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,11 +24,25 @@ from mobile_vla.policies.heads import MLPHead
 from mobile_vla.policies.registry import CaseSpec, register_case
 from mobile_vla.policies.resampler import ResamplerConfig, VisionResampler, scaled_l2_normalize
 
-logger = logging.getLogger(__name__)
-
 # The seed's CLIP: open_clip's ViT-B-32 with the `openai` weights, which transformers ships as this model.
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-TINY_CLIP = "clip-tiny"
+
+
+@dataclass(frozen=True)
+class ExtraFeature:
+    """A feature a case needs beyond the backbone's, with the frozen encoder that computes it.
+
+    Attributes:
+        batch_key: the collated batch entry it is computed from (``image``).
+        dim: its size (goes into ``FeatureDims.extra``).
+        encode: ``encode(inputs) -> (len(inputs), dim)`` tensor.
+        record: JSON-able description for the run's config (spec, fingerprint, pretrained, fallback).
+    """
+
+    batch_key: str
+    dim: int
+    encode: Callable[[list[Any]], torch.Tensor]
+    record: dict[str, Any]
 
 
 @dataclass
@@ -45,7 +58,7 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
         sample alone; nothing in the head mixes the batch axis.
       * The CLIP embedding is a *feature* (``clip_image``) computed by a frozen CLIP outside the head, like
         the Kosmos-2 features, so it can be cached and the head's checkpoint holds only trainable weights.
-      * Offline, when the pretrained CLIP cannot be loaded, the run falls back to ``clip_fallback`` (a tiny,
+      * Offline, when the pretrained CLIP cannot be loaded, the run falls back to ``clip-tiny`` (a tiny,
         randomly initialised CLIP) and says so: ``clip_used`` and ``clip_pretrained`` record what was used,
         so the registry can tell such runs apart.
       * Like Case 1, no output LayerNorm.
@@ -58,8 +71,8 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
         resampler_dim: width of the resampler's latents; None = ``hidden_dim``.
         clip_model: the CLIP whose image embedding is fused: a hub id (seed: ViT-B-32 ``openai`` =
             ``openai/clip-vit-base-patch32``), a local directory, or ``clip-tiny``.
-        clip_fallback: the CLIP to use when ``clip_model`` cannot be loaded (no network, no local copy); None
-            makes that an error instead.
+        clip_allow_fallback: when ``clip_model`` cannot be loaded (no network, no local copy), use the tiny
+            random CLIP (``clip-tiny``) with a warning instead of failing.
         clip_used: the CLIP that actually computed ``clip_image`` (filled in by ``resolve_clip``; a reloaded
             run builds exactly this one). None until resolved.
         clip_pretrained: whether ``clip_used`` has pretrained weights (False for the tiny random fallback).
@@ -71,7 +84,7 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
     resampler_depth: int = 1
     resampler_dim: int | None = None
     clip_model: str = DEFAULT_CLIP
-    clip_fallback: str | None = TINY_CLIP
+    clip_allow_fallback: bool = True
     clip_used: str | None = None
     clip_pretrained: bool | None = None
     clip_loss_weight: float = 0.1
@@ -127,6 +140,15 @@ class CLIPNormalized2DActionModelV2(Policy):
         self.text_proj = nn.Linear(self.dims.text, h)
         self.head = MLPHead([2 * h, 2 * h, h, h // 2, config.action_dim], config.activation, config.dropout)
 
+    @classmethod
+    def prepare_features(
+        cls, config: CLIPNormalized2DConfig, device: str = "cpu"
+    ) -> tuple[CLIPNormalized2DConfig, dict[str, ExtraFeature]]:
+        """Build the frozen CLIP: returns the config with the CLIP actually used recorded, and the
+        ``clip_image`` feature (its size, encoder and record) for the feature provider and the run config."""
+        encoder, resolved = resolve_clip(config, device)
+        return resolved, {"clip_image": clip_feature(encoder)}
+
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         resampled = self.resampler(features["image_tokens"])  # (B, R)
         z_v = scaled_l2_normalize(self.clip_proj(resampled))  # (B, Dc), |z_v| = sqrt(Dc)
@@ -155,30 +177,33 @@ def resolve_clip(config: CLIPNormalized2DConfig, device: str = "cpu") -> tuple[A
     """Build the frozen CLIP encoder ``config`` asks for; returns it and the config with ``clip_used`` and
     ``clip_pretrained`` filled in.
 
-    A config that already names ``clip_used`` (a reloaded run) builds exactly that one, without fallback.
-    Otherwise ``clip_model`` is tried first and ``clip_fallback`` (with a warning) when it cannot be loaded.
+    A config that already names ``clip_used`` (a reloaded run) builds exactly that one, never a fallback.
+    Otherwise ``clip_model`` is tried, and when it cannot be had (offline) and ``clip_allow_fallback`` is set,
+    the tiny random CLIP is used with a warning (``clip_pretrained=False`` then says so).
     """
-    from mobile_vla.backbones import create_clip_encoder
+    from mobile_vla.backbones import create_clip_encoder, resolve_clip_encoder
 
     if config.clip_used:
         encoder = create_clip_encoder(config.clip_used, device=device)
     else:
-        try:
-            encoder = create_clip_encoder(config.clip_model, device=device)
-        except Exception as exc:
-            if not config.clip_fallback:
-                raise
-            logger.warning(
-                "could not load CLIP %r (%s); using %r instead: the run's clip_pretrained says whether it is "
-                "pretrained",
-                config.clip_model,
-                exc,
-                config.clip_fallback,
-            )
-            encoder = create_clip_encoder(config.clip_fallback, device=device)
-    used = str(getattr(encoder, "name", None) or config.clip_used or config.clip_model)
+        encoder = resolve_clip_encoder(
+            config.clip_model, device=device, allow_fallback=config.clip_allow_fallback
+        )
+    used = encoder.fallback["used"] if encoder.fallback else (config.clip_used or config.clip_model)
     resolved = config.replace(clip_used=used, clip_pretrained=bool(encoder.pretrained))
     return encoder, resolved
+
+
+def clip_feature(encoder: Any) -> ExtraFeature:
+    """The ``clip_image`` feature of a built CLIP encoder."""
+    record = {
+        "spec": encoder.spec(),
+        "fingerprint": encoder.fingerprint,
+        "fingerprint_hash": encoder.fingerprint_hash,
+        "pretrained": bool(encoder.pretrained),
+        "fallback": encoder.fallback,
+    }
+    return ExtraFeature("image", int(encoder.dim), encoder.encode_images, record)
 
 
 @register_case("case2", aliases=("CLIPNormalized2DActionModelV2",))
