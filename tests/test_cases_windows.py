@@ -137,3 +137,29 @@ def test_collated_windows_have_a_time_axis(episode_dir):
 def test_window_sizes_are_validated(episode_dir, key, value):
     with pytest.raises(ValueError, match=f"{key} must be an int"):
         WindowDataset(episode_dir, **{key: value})
+
+
+# --- chunk metrics (Case 4's evaluation) -----------------------------------------------------------------------
+
+
+def test_chunk_metrics_leave_out_steps_past_the_episode_end():
+    from mobile_vla.evaluation.chunks import chunk_metrics
+
+    targets = np.zeros((2, 3, 2))
+    predictions = np.array([[[0.1, 0.1], [0.5, 0.5], [9.0, 9.0]], [[0.0, 0.0], [0.0, 0.2], [0.0, 0.0]]])
+    mask = np.array([[True, True, False], [True, True, True]])
+    m = chunk_metrics(predictions, targets, mask, thresholds=(0.3,))
+    assert m["n_windows"] == 2 and m["n_steps"] == 5 and m["step_n"] == [2, 2, 1]
+    assert np.isclose(m["chunk_mae"], (0.1 + 0.5 + 0.0 + 0.1 + 0.0) / 5)
+    assert np.allclose(m["step_mae"], [0.05, 0.3, 0.0])
+    assert np.isclose(m["step_accuracy_0.3"], 100 * 4 / 5)  # only (0, 1) misses
+    assert m["window_accuracy_0.3"] == 50.0  # window 0 misses at step 1; its masked step 2 does not count
+    low, high = m["step_accuracy_0.3_ci"]
+    assert 0 <= low < 80 < high <= 100
+
+
+def test_chunk_metrics_refuse_mismatched_shapes():
+    from mobile_vla.evaluation.chunks import chunk_metrics
+
+    with pytest.raises(ValueError, match=r"\(N, K, A\)"):
+        chunk_metrics(np.zeros((2, 3, 2)), np.zeros((2, 3)))
