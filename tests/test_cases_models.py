@@ -34,7 +34,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """These models are tiny: one thread is faster than two fighting over shared cores."""
     threads = torch.get_num_threads()

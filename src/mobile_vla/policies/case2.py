@@ -11,14 +11,14 @@ towards the frozen CLIP image embedding of the same frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mobile_vla.policies.base import FeatureDims, Policy, PolicyConfig
+from mobile_vla.policies.base import ExtraFeature, FeatureDims, Policy, PolicyConfig
 from mobile_vla.policies.case1 import CASE1_TRAIN, Simplified2DConfig
 from mobile_vla.policies.heads import MLPHead
 from mobile_vla.policies.registry import CaseSpec, register_case
@@ -26,23 +26,6 @@ from mobile_vla.policies.resampler import ResamplerConfig, VisionResampler, scal
 
 # The seed's CLIP: open_clip's ViT-B-32 with the `openai` weights, which transformers ships as this model.
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-
-
-@dataclass(frozen=True)
-class ExtraFeature:
-    """A feature a case needs beyond the backbone's, with the frozen encoder that computes it.
-
-    Attributes:
-        batch_key: the collated batch entry it is computed from (``image``).
-        dim: its size (goes into ``FeatureDims.extra``).
-        encode: ``encode(inputs) -> (len(inputs), dim)`` tensor.
-        record: JSON-able description for the run's config (spec, fingerprint, pretrained, fallback).
-    """
-
-    batch_key: str
-    dim: int
-    encode: Callable[[list[Any]], torch.Tensor]
-    record: dict[str, Any]
 
 
 @dataclass
@@ -203,7 +186,7 @@ def clip_feature(encoder: Any) -> ExtraFeature:
         "pretrained": bool(encoder.pretrained),
         "fallback": encoder.fallback,
     }
-    return ExtraFeature("image", int(encoder.dim), encoder.encode_images, record)
+    return ExtraFeature("image", int(encoder.dim), encoder.encode_images, record, int(encoder.num_parameters))
 
 
 @register_case("case2", aliases=("CLIPNormalized2DActionModelV2",))
