@@ -124,3 +124,19 @@ def test_case3_trains_with_case1s_architecture_under_its_preset(episodes, tmp_pa
     action = policy.act(np.zeros((24, 32, 3), np.uint8), "go left")
     assert action.shape == (2,) and np.isfinite(action).all()
     assert policy.act_chunk(np.zeros((24, 32, 3), np.uint8), "go left").shape == (1, 2)
+
+
+def test_case4_observed_frames_fill_the_history_like_acted_ones(case4_run):
+    run_dir, trainer, _ = case4_run
+    policy = load_policy(run_dir, device="cpu", backbone=FakeBackbone())
+    episode = trainer.datasets["train"].episodes[0]
+    frames = [episode.image(t) for t in range(4)]
+    policy.reset()
+    for frame in frames[:3]:
+        policy.act(frame, episode.instruction)
+    acted = policy.act_chunk(frames[3], episode.instruction)
+    policy.reset()
+    policy.act(frames[0], episode.instruction)
+    policy.observe(frames[1])  # e.g. steps answered from a stored chunk
+    policy.observe(frames[2])
+    assert np.allclose(policy.act_chunk(frames[3], episode.instruction), acted, atol=1e-6)
