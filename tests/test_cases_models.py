@@ -34,15 +34,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fake_features(batch: int, seed: int = 0, history: int = 3, horizon: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     n, d = DIMS["num_image_tokens"], DIMS["token_dim"]
