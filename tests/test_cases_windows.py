@@ -163,3 +163,15 @@ def test_chunk_metrics_refuse_mismatched_shapes():
 
     with pytest.raises(ValueError, match=r"\(N, K, A\)"):
         chunk_metrics(np.zeros((2, 3, 2)), np.zeros((2, 3)))
+
+
+def test_lazy_windows_reference_the_same_frames_without_reading_them(episode_dir):
+    cache = pytest.importorskip("mobile_vla.data.cache")
+    dataset = WindowDataset(episode_dir, lazy_images=True, history=3, chunk=2, horizon=2)
+    eager = WindowDataset(episode_dir, history=3, chunk=2, horizon=2)
+    item, expected = item_at(dataset, "2box", 1), item_at(eager, "2box", 1)
+    assert all(isinstance(ref, cache.FrameRef) for ref in item["history_images"] + item["future_images"])
+    assert [ref.frame for ref in item["history_images"]] == [0, 0, 1]
+    assert [ref.frame for ref in item["future_images"]] == [2, 3]
+    for ref, image in zip(item["history_images"], expected["history_images"], strict=True):
+        assert np.array_equal(pixels(ref.load_image()), pixels(image))

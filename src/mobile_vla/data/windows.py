@@ -76,6 +76,8 @@ class WindowDataset(Dataset):
         history: W, frames per history window, the current one included (>= 1).
         chunk: K, actions per chunk, the current one included (>= 1).
         horizon: H, future frames per item for the state predictor (>= 0; 0 leaves them out).
+        lazy_images: put a ``FrameRef`` (``mobile_vla.data.cache``: the frame, not yet read) wherever a frame
+            goes, for a feature provider that may have the frames' features cached.
 
     The current frame t is chosen by ``frame_selection`` exactly as in ``EpisodeDataset`` (``first``,
     ``random`` with ``set_epoch``, ``all``); windows never cross episodes. With ``drop_start_frame`` the
@@ -95,6 +97,7 @@ class WindowDataset(Dataset):
         history: int = 4,
         chunk: int = 5,
         horizon: int = 5,
+        lazy_images: bool = False,
     ):
         for name, value, low in (("history", history, 1), ("chunk", chunk, 1), ("horizon", horizon, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -107,7 +110,9 @@ class WindowDataset(Dataset):
             strict=strict,
             seed=seed,
             episode_ids=episode_ids,
+            **({"lazy_images": True} if lazy_images else {}),
         )
+        self.lazy_images = lazy_images
         self.history = history
         self.chunk = chunk
         self.horizon = horizon
@@ -164,11 +169,16 @@ class WindowDataset(Dataset):
         last = episode.num_frames - 1
 
         # Each distinct frame is read from disk once per item, however many window slots it fills.
-        images: dict[int, Image.Image] = {t: item["image"]}
+        images: dict[int, Any] = {t: item["image"]}
 
-        def frame(i: int) -> Image.Image:
+        def frame(i: int) -> Any:
             if i not in images:
-                images[i] = Image.fromarray(episode.image(i))
+                if self.lazy_images:
+                    from mobile_vla.data.cache import FrameRef
+
+                    images[i] = FrameRef(episode, i)
+                else:
+                    images[i] = Image.fromarray(episode.image(i))
             return images[i]
 
         past = list(range(max(first, t - self.history + 1), t + 1))
