@@ -78,12 +78,13 @@ def test_every_case_runs_on_the_backbones_features(case, backbone, episodes):
     assert torch.isfinite(loss) and logs
 
 
-def test_case2_offline_uses_the_tiny_random_clip_and_records_it(backbone):
-    policy, extra = build_policy("case2", backbone, device="cpu", **SMALL["case2"])
-    assert policy.config.clip_model == "openai/clip-vit-base-patch32"  # what was asked for
+def test_case2_without_its_clip_uses_the_tiny_random_one_and_records_it(backbone, tmp_path):
+    missing = str(tmp_path / "no_clip_here")  # unavailable even where the real CLIP is in the HF cache
+    policy, extra = build_policy("case2", backbone, device="cpu", clip_model=missing, **SMALL["case2"])
+    assert policy.config.clip_model == missing  # what was asked for
     assert policy.config.clip_used == "clip-tiny" and policy.config.clip_pretrained is False
     record = extra["clip_image"].record
-    assert record["pretrained"] is False and record["fallback"]["requested"] == "openai/clip-vit-base-patch32"
+    assert record["pretrained"] is False and record["fallback"]["requested"] == missing
     assert policy.dims.extra["clip_image"] == extra["clip_image"].dim
     # A reloaded run builds exactly the recorded CLIP, with the same weights.
     again, extra_again = build_policy("case2", backbone, device="cpu", **policy.config.to_dict())
@@ -99,8 +100,8 @@ def test_case2_trains_reloads_and_acts_on_kosmos2_tiny(episodes, tmp_path):
     summary = Trainer(config, episodes, tmp_path / "run", backbone=backbone, progress=False).fit()
     assert summary["status"] == "finished"
     record = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert record["policy"]["clip_used"] == "clip-tiny" and record["policy"]["clip_pretrained"] is False
-    assert record["extra_features"]["clip_image"]["pretrained"] is False
+    assert record["policy"]["clip_used"] == record["extra_features"]["clip_image"]["spec"]["name_or_path"]
+    assert record["policy"]["clip_pretrained"] is record["extra_features"]["clip_image"]["pretrained"]
     policy = load_policy(tmp_path / "run", device="cpu", backbone=backbone)
     frame = np.zeros((48, 64, 3), np.uint8)
     action = policy.act(
@@ -119,5 +120,13 @@ def test_describe_prints_trainable_and_frozen_counts(case, capsys):
     frozen = backbone.num_parameters + sum(f.num_parameters for f in extra.values())
     assert info["frozen_parameters"] == frozen > 0
     assert (info["frozen_parameters"] > backbone.num_parameters) == (case == "case2")  # + Case 2's CLIP
+    if case == "case2":
+        assert "pretrained" in info["extra_features"]["clip_image"]
     assert info["architecture"] == ("Simplified2DActionModelV2" if case == "case3" else type(policy).__name__)
     assert info["preset"]["train"]["epochs"] == (5 if case == "case3" else 50)
+
+
+def test_case2_can_refuse_to_fall_back(tmp_path):
+    backbone = backbones.create_backbone("kosmos2-tiny", device="cpu")
+    with pytest.raises(backbones.BackboneUnavailableError, match="no_clip_here"):
+        build_policy("case2", backbone, clip_model=str(tmp_path / "no_clip_here"), clip_allow_fallback=False)
