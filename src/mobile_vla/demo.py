@@ -73,7 +73,9 @@ def _done(start: float, what: str = "") -> None:
     print(f"   done in {time.perf_counter() - start:.1f} s {what}".rstrip(), flush=True)
 
 
-def run_demo(out: str | Path = "demo_out", plan: DemoPlan | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "demo_out", plan: DemoPlan | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run the whole job; returns a summary (also written to OUT/demo_summary.json)."""
     plan = plan or DemoPlan()
     out = Path(out).resolve()
@@ -117,7 +119,9 @@ def run_demo(out: str | Path = "demo_out", plan: DemoPlan | None = None, progres
     bad = [r for r in reports if not r.ok]
     print(f"   {len(reports) - len(bad)} of {len(reports)} episodes valid")
     if bad:
-        raise RuntimeError(f"{len(bad)} collected episodes are invalid, first: {bad[0].file}: {bad[0].errors}")
+        raise RuntimeError(
+            f"{len(bad)} collected episodes are invalid, first: {bad[0].file}: {bad[0].errors}"
+        )
     summary["validation"] = {"episodes": len(reports), "invalid": len(bad)}
     _done(t)
 
@@ -185,7 +189,8 @@ def run_demo(out: str | Path = "demo_out", plan: DemoPlan | None = None, progres
             test_mae_interval=ci["mae"],
             test_n=offline["n"],
             closed_loop_success=rate,
-            closed_loop_interval=closed.get("success_rate_interval") or closed.get("intervals", {}).get("success_rate"),
+            closed_loop_interval=closed.get("success_rate_interval")
+            or closed.get("intervals", {}).get("success_rate"),
             closed_loop_n=closed["n"],
         )
     expert = evaluate_closed_loop(
