@@ -8,6 +8,7 @@ package. A value the user set is always kept.
 from __future__ import annotations
 
 import ctypes.util
+import logging
 import os
 import sys
 
@@ -19,6 +20,7 @@ def osmesa_available() -> bool:
 
 def ensure_gl_backend() -> str:
     """Set `MUJOCO_GL` unless already set; returns the backend in use."""
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs its optional speedups at INFO
     backend = os.environ.get("MUJOCO_GL")
     if backend:
         return backend

@@ -122,15 +122,19 @@ class Layout:
 
 
 def all_scenarios() -> list[Scenario]:
-    """The 48 full scenarios: 8 tasks x {core, variant} x {close, medium, far}, in a fixed order."""
-    return [
-        Scenario(boxes, layout, side, pattern, distance)
-        for distance in DISTANCES
-        for pattern in PATTERNS
-        for boxes in (1, 2)
-        for layout in LAYOUTS
-        for side in SIDES
-    ]
+    """The 48 full scenarios: 8 tasks x {core, variant} x {close, medium, far}.
+
+    Ordered in 6 blocks of the 8 tasks, with each task's pattern and distance rotating from block to block,
+    so that any prefix (the first 8, 16, ... episodes of a collection) mixes patterns and distances."""
+    tasks = [(boxes, layout, side) for boxes in (1, 2) for layout in LAYOUTS for side in SIDES]
+    distances = list(DISTANCES)
+    ordered = []
+    for block in range(6):
+        for t, (boxes, layout, side) in enumerate(tasks):
+            pattern = PATTERNS[(block // 3 + t // 2) % 2]
+            distance = distances[(block + t) % 3]
+            ordered.append(Scenario(boxes, layout, side, pattern, distance))
+    return ordered
 
 
 def resolve_scenarios(names: Sequence[str] | str | None = None) -> list[Scenario]:
