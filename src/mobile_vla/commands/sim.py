@@ -147,8 +147,12 @@ def load_control_policy(spec: str, device: str = "auto"):
         return VLAClient(spec, api_key=os.environ.get("VLA_API_KEY"))
     if not os.path.isdir(spec):
         raise ValueError(f"--policy {spec!r}: not 'expert', 'random', a run directory or an http(s):// URL")
-    from mobile_vla.policies import load_policy
-
+    try:
+        from mobile_vla.policies import load_policy
+    except ImportError as exc:
+        raise ValueError(
+            f"--policy {spec!r}: loading a run directory needs mobile_vla.policies.load_policy ({exc})"
+        ) from exc
     return load_policy(spec, device=device)
 
 

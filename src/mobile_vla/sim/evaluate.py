@@ -94,12 +94,16 @@ def run_episode(
     dims = tuple(policy.action_dims)
     actions: list[list[float]] = []
     last_moving_step = 0
+    invalid_actions = 0
     policy_seconds = render_seconds = 0.0
     video: list[np.ndarray] = []
     for step in range(max_steps):
         started = time.perf_counter()
         action = np.asarray(policy.act(frame, instruction), dtype=np.float64).reshape(-1)
         policy_seconds += time.perf_counter() - started
+        if not np.all(np.isfinite(action)):  # the robot's safe stop: a broken output becomes zero velocity
+            invalid_actions += 1
+            action = np.zeros_like(action)
         if video_path is not None:
             video.append(
                 annotate_frame(
@@ -133,6 +137,7 @@ def run_episode(
         **outcome,
         "steps": last_moving_step,
         "steps_taken": len(actions),
+        "invalid_actions": invalid_actions,
         "actions": actions,
         "policy_ms": 1000 * policy_seconds / max(1, len(actions)),
         "render_ms": 1000 * render_seconds / max(1, len(actions) - 1),

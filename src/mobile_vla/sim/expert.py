@@ -154,9 +154,8 @@ class ExpertPolicy:
         p, yaw = env.pose[:2].copy(), float(env.pose[2])
         if env.distance_to_goal() < 0.02 and abs(yaw) < 0.02:
             return np.zeros(3)
-        per_axis = (
-            c.max_command * c.speed_per_unit * c.control_period
-        )  # the farthest one command goes per axis
+        # the farthest one command moves the robot along an axis
+        per_axis = c.max_command * c.speed_per_unit * c.control_period
         target = planner.point_along(p, per_axis * math.sqrt(2))
         if not self._safe(layout, p, target):  # cutting a corner too tightly: go to the corner itself
             target = planner.point_along(p, float(np.linalg.norm(planner.route(p)[0] - p)))
