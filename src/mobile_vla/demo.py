@@ -145,7 +145,7 @@ def run_demo(
         overrides["epochs"] = min(preset.epochs, plan.epochs)
         config = resolve_train_config(case, None, overrides)
         run_dir = out / "runs" / case
-        print(f"   - {case}: {config.epochs} epochs max, patience {config.patience}", flush=True)
+        print(f"   - {case}: {config.epochs} epochs max, patience {config.early_stopping_patience}", flush=True)
         trainer = Trainer(
             config,
             data_dir,
@@ -230,7 +230,7 @@ def run_demo(
 
 
 def _fmt_rate(result: dict[str, Any]) -> str:
-    interval = result.get("success_rate_interval") or result.get("intervals", {}).get("success_rate")
+    interval = result.get("success_rate_ci95")
     text = f"{100 * result['success_rate']:.0f}%"
     if interval:
         text += f" [{100 * interval[0]:.0f}%, {100 * interval[1]:.0f}%]"

@@ -105,6 +105,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--out", metavar="FILE", help="also write the full result (with episodes) as JSON")
     evaluate.add_argument("--video", metavar="DIR", help="write an annotated GIF per episode to DIR")
     _add_sim_options(evaluate)
+    from mobile_vla.registry import add_tracking_arguments
+
+    add_tracking_arguments(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
     preview = sub.add_parser("preview", help="save the robot's first view (and an overview) of a scenario")
@@ -145,6 +148,10 @@ def load_control_policy(spec: str, device: str = "auto"):
         from mobile_vla.serving.client import VLAClient  # the serving package's HTTP ControlPolicy
 
         return VLAClient(spec, api_key=os.environ.get("VLA_API_KEY"))
+    if spec.startswith("models:/"):
+        from mobile_vla.policies.inference import resolve_run_dir
+
+        spec = str(resolve_run_dir(spec))
     if not os.path.isdir(spec):
         raise ValueError(f"--policy {spec!r}: not 'expert', 'random', a run directory or an http(s):// URL")
     try:
@@ -180,8 +187,21 @@ def _format(result: dict) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from mobile_vla.registry import RegistryUnavailableError, registry_from_args
     from mobile_vla.sim.evaluate import BUILTIN_POLICIES, evaluate_closed_loop
 
+    run_dir = None
+    if args.policy not in BUILTIN_POLICIES and not args.policy.startswith(("http://", "https://")):
+        try:
+            registry = registry_from_args(args)
+        except RegistryUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.policy.startswith("models:/"):
+            from mobile_vla.policies.inference import resolve_run_dir
+
+            args.policy = str(resolve_run_dir(args.policy))
+        run_dir = args.policy
     try:
         policy = (
             args.policy if args.policy in BUILTIN_POLICIES else load_control_policy(args.policy, args.device)
@@ -200,6 +220,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if run_dir is not None:  # a trained run: its closed-loop result goes to the registry with it
+        registry.log_closed_loop(run_dir, result)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
