@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
     def add_root(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: see `mobile-vla cache -h`)")
+        p.add_argument(
+            "--cache-dir", metavar="DIR", help="cache directory (default: see `mobile-vla cache -h`)"
+        )
 
     build = sub.add_parser(
         "build",
@@ -30,7 +32,9 @@ def register(subparsers) -> None:
     )
     build.add_argument("data", help="directory of episodes (recursive *.h5) or one episode file")
     build.add_argument("--backbone", required=True, metavar="P", help="backbone profile (kosmos2, lite, ...)")
-    build.add_argument("--tokens", action="store_true", help="also cache image tokens (cases with a resampler)")
+    build.add_argument(
+        "--tokens", action="store_true", help="also cache image tokens (cases with a resampler)"
+    )
     build.add_argument("--batch-size", type=int, default=16, help="images per backbone pass (default 16)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     build.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (default fp32)")
@@ -100,7 +104,9 @@ def _info(args: argparse.Namespace) -> int:
             print(f"    {kind:<14} {k['entries']:>8} entries  {what:<18} {_size(k['bytes']):>10}")
     print(f"total: {info['entries']} entries, {_size(info['bytes'])}")
     if info["tmp_files"]:
-        print(f"{info['tmp_files']} unfinished temporary files (from interrupted writes; `cache clear` removes)")
+        print(
+            f"{info['tmp_files']} unfinished temporary files (from interrupted writes; `cache clear` removes)"
+        )
     return 0
 
 
