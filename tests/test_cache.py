@@ -83,6 +83,19 @@ class CountingBackbone:
         return counts @ self._w_text  # (B, Dt)
 
 
+class StubEpisode:
+    """An episode with a given content hash whose frames are flat grey (or that refuses to be read)."""
+
+    def __init__(self, content_hash: str, value: int | None = 100):
+        self.content_hash = content_hash
+        self.value = value
+
+    def image(self, index: int) -> np.ndarray:
+        if self.value is None:
+            raise AssertionError(f"frame {index} was read although its features are cached")
+        return np.full((8, 8, 3), self.value + index, np.uint8)
+
+
 @pytest.fixture
 def episodes_dir(tmp_path):
     write_synthetic_dataset(tmp_path / "episodes", episodes=3, seed=5, image_size=(16, 20))
@@ -101,7 +114,7 @@ def _epoch(cached: CachedBackbone, dataset: EpisodeDataset, batch_size: int = 4)
     for start in range(0, len(dataset), batch_size):
         batch = collate_batch([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         refs = [
-            FrameRef(by_id[eid].content_hash, int(f))
+            FrameRef(by_id[eid], int(f))
             for eid, f in zip(batch["episode_id"], batch["frame_index"], strict=True)
         ]
         features = cached.image_features(refs, ("vision",), images=batch["image"])
@@ -150,8 +163,8 @@ def test_only_missing_frames_are_encoded_and_repeats_once(episodes_dir, cache):
     backbone = CountingBackbone()
     cached = CachedBackbone(backbone, cache)
     episode = read_episode(sorted(episodes_dir.glob("*.h5"))[0])
-    cached.image_features([FrameRef.of(episode, 2)])
-    refs = [FrameRef.of(episode, f) for f in (2, 3, 3, 4, 2)]
+    cached.image_features([FrameRef(episode, 2)])
+    refs = [FrameRef(episode, f) for f in (2, 3, 3, 4, 2)]
     out = cached.image_features(refs)["vision"]
     assert backbone.items["encode_images"] == 1 + 2  # frame 2 earlier, then 3 and 4 once each
     assert out.shape == (5, backbone.vision_dim)
@@ -162,8 +175,8 @@ def test_vision_and_tokens_missing_together_take_one_backbone_pass(episodes_dir,
     backbone = CountingBackbone()
     cached = CachedBackbone(backbone, cache)
     episode = read_episode(sorted(episodes_dir.glob("*.h5"))[0])
-    cached.image_features([FrameRef.of(episode, 0)], ("vision",))
-    out = cached.image_features([FrameRef.of(episode, f) for f in range(3)], ("vision", "image_tokens"))
+    cached.image_features([FrameRef(episode, 0)], ("vision",))
+    out = cached.image_features([FrameRef(episode, f) for f in range(3)], ("vision", "image_tokens"))
     # frame 0 lacks only its tokens; frames 1 and 2 lack both and share one pass
     assert backbone.items == {"encode_images": 1, "encode_image_tokens": 1, "encode_images_with_tokens": 2}
     assert out["image_tokens"].shape == (3, backbone.num_image_tokens, backbone.token_dim)
@@ -215,8 +228,7 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     backbone = CountingBackbone()
     cached = CachedBackbone(backbone, cache)
     episode_hash = "ab" * 32
-    image = np.full((8, 8, 3), 100, np.uint8)
-    refs = [FrameRef(episode_hash, f, load=lambda: image) for f in (0, 1)]
+    refs = [FrameRef(StubEpisode(episode_hash), f) for f in (0, 1)]
     good = cached.image_features(refs)["vision"]
     path = cache.entry_path(backbone.fingerprint_hash, "vision", frame_key(episode_hash, 0))
     data = path.read_bytes()
@@ -331,10 +343,7 @@ def test_training_never_reads_images_of_cached_frames(episodes_dir, cache):
     episodes = EpisodeDataset(episodes_dir).episodes
     build_cache(backbone, episodes, cache=cache, progress=False)
 
-    def fail():
-        raise AssertionError("image read for a cached frame")
-
-    refs = [FrameRef(e.content_hash, f, load=fail) for e in episodes for f in range(e.num_frames)]
+    refs = [FrameRef(StubEpisode(e.content_hash, None), f) for e in episodes for f in range(e.num_frames)]
     assert CachedBackbone(backbone, cache).image_features(refs)["vision"].shape == (len(refs), 8)
 
 

@@ -41,11 +41,13 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
@@ -429,27 +431,46 @@ def _check_name(what: str, value: str) -> None:
         raise ValueError(f"{what} must be a plain non-empty name, got {value!r}")
 
 
-@dataclass
 class FrameRef:
-    """One frame of one episode file: what a frame feature is keyed by.
+    """A frame of an episode file, not yet read: what frame features are keyed by.
 
-    `load` returns the frame (PIL image or uint8 [H, W, 3]); it is called only when the feature is missing.
+    Datasets built with `lazy_images=True` put these in their items instead of decoded images, so a cached
+    feature never costs a frame read. Picklable (it holds the `Episode`, which re-opens its file on demand),
+    so DataLoader workers can pass it on.
+
+    Args:
+        episode: an `Episode` (anything with `content_hash` and `image(i) -> uint8 [H, W, 3]`).
+        frame: the frame's index in the file.
     """
 
-    content_hash: str
-    frame: int
-    load: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    __slots__ = ("episode", "frame")
+
+    def __init__(self, episode: Any, frame: int):
+        self.episode = episode
+        self.frame = int(frame)
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.episode.content_hash)
 
     @property
     def key(self) -> str:
         return frame_key(self.content_hash, self.frame)
 
-    @classmethod
-    def of(cls, episode: Any, frame: int) -> FrameRef:
-        """A reference to frame `frame` of an `Episode`, loading the image as PIL on demand."""
-        from PIL import Image
+    def load_image(self) -> Image.Image:
+        """The frame as an RGB PIL image (reads it from disk)."""
+        image = self.episode.image(self.frame)
+        return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
-        return cls(episode.content_hash, int(frame), lambda: Image.fromarray(episode.image(frame)))
+    def __getstate__(self) -> tuple[Any, int]:
+        return self.episode, self.frame
+
+    def __setstate__(self, state: tuple[Any, int]) -> None:
+        self.episode, self.frame = state
+
+    def __repr__(self) -> str:
+        name = getattr(self.episode, "episode_id", "?")
+        return f"FrameRef({name!r}, frame={self.frame})"
 
 
 class CachedBackbone:
@@ -495,8 +516,8 @@ class CachedBackbone:
     ) -> dict[str, torch.Tensor]:
         """`{kind: (len(refs), ...)}` on the backbone's device.
 
-        Images come from `images[i]` when given (already decoded), else from `refs[i].load()`, and only for
-        frames the cache does not hold.
+        Images come from `images[i]` when given (already decoded), else from `refs[i].load_image()`, and
+        only for frames the cache does not hold.
         """
         if images is not None and len(images) != len(refs):
             raise ValueError(f"got {len(images)} images for {len(refs)} frame references")
@@ -508,12 +529,7 @@ class CachedBackbone:
             inputs = []
             for key in missing:
                 i = by_key[key]
-                if images is not None:
-                    inputs.append(images[i])
-                elif refs[i].load is not None:
-                    inputs.append(refs[i].load())
-                else:
-                    raise ValueError(f"frame {key} is not cached and its reference cannot load the image")
+                inputs.append(images[i] if images is not None else refs[i].load_image())
             return self._encode_images(inputs, kinds_)
 
         return self.cache.get_or_compute(
@@ -556,7 +572,7 @@ def build_cache(
     cached = CachedBackbone(backbone, cache)
     before = CacheStats(**cached.cache.stats.to_dict())
     episodes = list(episodes)
-    refs = [FrameRef.of(e, f) for e in episodes for f in range(e.num_frames)]
+    refs = [FrameRef(e, f) for e in episodes for f in range(e.num_frames)]
     todo = [
         r for r in refs if not all(cached.cache.contains(cached.fingerprint_hash, k, r.key) for k in kinds)
     ]
