@@ -108,3 +108,64 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def random_kosmos2(dtype: str = "fp32", seed: int = 0) -> Any:
+    """The full-size Kosmos-2 architecture (`Kosmos2Config()` defaults = microsoft/kosmos-2-patch14-224:
+    24-layer ViT-L/14 vision tower at 224 px, 24-layer 2048-d text decoder) with RANDOM weights, built in
+    memory (no hub), behind the toolkit's own `Kosmos2Backbone` encoding code.
+
+    Timing only: random weights cost exactly what trained ones do. The tokenizer is the toolkit's tiny
+    offline unigram vocabulary (whole words for the robot's instructions), so an instruction is ~16 tokens;
+    the real XLM-R sentencepiece gives a similar count for these sentences.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        Kosmos2Config,
+        Kosmos2Model,
+        Kosmos2Processor,
+        XLMRobertaTokenizer,
+    )
+
+    from mobile_vla.backbones.base import Backbone, freeze, quiet_transformers
+    from mobile_vla.backbones.kosmos2 import Kosmos2Backbone
+    from mobile_vla.backbones.tiny import CLIP_MEAN, CLIP_STD, _unigram_vocab
+
+    class RandomKosmos2(Kosmos2Backbone):
+        def __init__(self) -> None:
+            Backbone.__init__(self, device="cpu", dtype=dtype)
+            self.profile = "kosmos2"
+            self.path, self.revision, self.is_local = "random-full-size", None, True
+            self.pretrained = False
+            with quiet_transformers():
+                processor = Kosmos2Processor(
+                    CLIPImageProcessor(
+                        do_resize=True,
+                        size={"height": 224, "width": 224},
+                        resample=3,  # bicubic, as the released processor
+                        do_center_crop=False,
+                        image_mean=list(CLIP_MEAN),
+                        image_std=list(CLIP_STD),
+                    ),
+                    XLMRobertaTokenizer(vocab=_unigram_vocab()),
+                )
+                config = Kosmos2Config()
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    model = Kosmos2Model(config)
+            self.model = freeze(model).to(self.torch_dtype)
+            self.processor = processor
+            vc, tc = config.vision_config, config.text_config
+            self.vision_dim = self.token_dim = int(vc.hidden_size)
+            self.text_dim = int(tc.embed_dim)
+            self.image_size, self.patch_size = int(vc.image_size), int(vc.patch_size)
+            self.num_image_tokens = (self.image_size // self.patch_size) ** 2
+            self.max_text_tokens = int(tc.max_position_embeddings)
+
+        def _fingerprint(self) -> dict[str, Any]:
+            return {"model": {"name": "kosmos2-full-size-random", "seed": seed}}
+
+        def _spec_kwargs(self) -> dict[str, Any]:
+            return {}
+
+    return RandomKosmos2()
