@@ -60,8 +60,10 @@ class CachedFeatureProvider(FeatureProvider):
 
     # -- which features go through the cache ---------------------------------------------------------------
     def _is_backbone_feature(self, name: str) -> bool:
-        return name in FEATURE_SOURCES and self.source(name) is FEATURE_SOURCES.get(name) and (
-            name in IMAGE_KINDS or name == "text"
+        return (
+            name in FEATURE_SOURCES
+            and self.source(name) is FEATURE_SOURCES.get(name)
+            and (name in IMAGE_KINDS or name == "text")
         )
 
     def _namespace(self, name: str) -> str | None:
@@ -102,7 +104,9 @@ class CachedFeatureProvider(FeatureProvider):
         return out
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _cached_texts(self, namespace: str, name: str, source: FeatureSource, texts: list[str]) -> torch.Tensor:
+    def _cached_texts(
+        self, namespace: str, name: str, source: FeatureSource, texts: list[str]
+    ) -> torch.Tensor:
         if self._is_backbone_feature(name):
             return self.cached.text_features(texts)
         by_key = {text_key(t): t for t in texts}
@@ -160,7 +164,7 @@ def _resolved(batch: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         return to_pil(x.load_image()) if isinstance(x, FrameRef) else x
 
     entries = list(entries)
-    if not any(isinstance(x, FrameRef) or isinstance(x, (list, tuple)) for x in entries):
+    if not any(isinstance(x, (FrameRef, list, tuple)) for x in entries):
         return batch
     resolved = [[load(x) for x in e] if isinstance(e, (list, tuple)) else load(e) for e in entries]
     return {**batch, key: resolved}
@@ -174,4 +178,3 @@ def feature_provider_for(backbone: Any, *, cache: bool = True, cache_dir: str | 
 
 
 __all__ = ["CachedFeatureProvider", "feature_provider_for"]
-

@@ -59,7 +59,9 @@ class DistributedContext:
         if world_size <= 1:
             return cls()
         backend = "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
-        return cls(world_size, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), backend)
+        return cls(
+            world_size, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), backend
+        )
 
     @property
     def enabled(self) -> bool:
