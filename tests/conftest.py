@@ -8,3 +8,9 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small tensors are far slower with 2 threads than 1 when the cores are shared (tests run beside
+# subprocesses they start); one thread keeps timings sane and results identical.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, RuntimeError) as exc:
+        # User errors (a missing file, a bad value, a refused checkpoint) say what and where; --verbose shows
+        # the traceback for bug reports.
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -129,9 +129,10 @@ class EpisodeDataset(Dataset):
             elif self.frame_selection == "first":
                 refs.append((i, frames[0]))
             else:
-                # One generator per (seed, epoch, episode): the draw for an episode does not depend on which
-                # other episodes are in the dataset, so a split's frames are the same as the whole set's.
-                rng = np.random.default_rng([self.seed, self.epoch, int(episode.content_hash[:8], 16)])
+                # One generator per (seed, epoch, episode id): the draw for an episode does not depend on which
+                # other episodes are in the dataset, and costs no read of the file.
+                key = int(hashlib.sha256(episode.episode_id.encode()).hexdigest()[:8], 16)
+                rng = np.random.default_rng([self.seed, self.epoch, key])
                 refs.append((i, int(frames[rng.integers(len(frames))])))
         return refs
 

@@ -1,0 +1,148 @@
+"""Offline evaluation of a run directory on a split of episodes: the standard metrics with n and intervals.
+
+result = evaluate_run("runs/case1", split="test")   # writes eval_test.json + predictions_test.npz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    *,
+    device: str = "auto",
+    checkpoint: str = "best",
+    batch_size: int | None = None,
+    frame_selection: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    backbone: Any | None = None,
+    feature_provider: Any | None = None,
+    progress: bool = True,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Predict every frame of ``split``'s episodes and compute the metrics with bootstrap intervals.
+
+    Args:
+        run_dir: a training run directory.
+        data: the episodes (default: the path recorded at training time). For ``test``/``val``/``train`` the
+            recorded episode ids are used, so a different directory must contain them.
+        split: ``test``, ``val``, ``train`` (the recorded split) or ``all`` (every episode in ``data``).
+        frame_selection: frames per episode (default: the run's ``eval_frame_selection``, normally ``all``).
+        n_boot, seed: bootstrap resamples and seed of the intervals.
+        save: write ``eval_{split}.json`` and ``predictions_{split}.npz`` into the run directory.
+
+    Returns ``{"n", "metrics", "intervals", "bootstrap", "loss", "split", "checkpoint", "data", ...}``.
+    """
+    from mobile_vla.data.dataset import EpisodeDataset, dataset_fingerprint, dataset_provenance, load_episodes
+    from mobile_vla.evaluation.metrics import metrics_with_intervals
+    from mobile_vla.policies.inference import load_run, resolve_run_dir
+    from mobile_vla.training.trainer import predict_dataset, resolve_device
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    run_dir = resolve_run_dir(run_dir)
+    device = resolve_device(device)
+    policy, provider, record = load_run(
+        run_dir, device=device, checkpoint=checkpoint, backbone=backbone, feature_provider=feature_provider
+    )
+    train_cfg = record["train"]
+    data = data if data is not None else record["data"]["path"]
+    source = [str(p) for p in data] if isinstance(data, (list, tuple)) else str(data)
+    episodes, skipped = load_episodes(source)
+    if split == "all":
+        ids = sorted(e.episode_id for e in episodes)
+    else:
+        ids = list(record["data"]["split"][split])
+        missing = sorted(set(ids) - {e.episode_id for e in episodes})
+        if missing:
+            raise ValueError(
+                f"{data}: {len(missing)} of the {len(ids)} {split} episodes recorded in {run_dir}/config.json are "
+                f"missing (e.g. {missing[:3]}); pass the data the run was trained on, or --split all"
+            )
+        if not ids:
+            raise ValueError(f"{run_dir}: the recorded {split} split is empty; use another --split")
+    chosen = [e for e in episodes if e.episode_id in set(ids)]
+    dataset = EpisodeDataset(
+        chosen,
+        frame_selection=frame_selection or train_cfg.get("eval_frame_selection", "all"),
+        action_dims=tuple(record["action_dims"]),
+        drop_start_frame=bool(train_cfg.get("drop_start_frame", False)),
+        seed=int(train_cfg.get("seed", 0)),
+        **policy.dataset_kwargs(),
+    )
+    out = predict_dataset(
+        policy,
+        provider,
+        dataset,
+        batch_size=batch_size or int(train_cfg.get("batch_size", 2)) * 8,
+        device=device,
+        progress=progress,
+        desc=f"evaluate {split}",
+    )
+    stats = metrics_with_intervals(
+        out["predictions"], out["targets"], axis_names=tuple(record["action_dims"]), n_boot=n_boot, seed=seed
+    )
+    fingerprint = dataset_fingerprint(chosen)
+    result = {
+        "run_dir": str(run_dir),
+        "case": record["case"],
+        "split": split,
+        "checkpoint": checkpoint,
+        "n": stats["n"],
+        "n_episodes": len(chosen),
+        "metrics": stats["metrics"],
+        "intervals": stats["intervals"],
+        "bootstrap": stats.get("bootstrap"),
+        "loss": out["loss"],
+        "action_dims": list(record["action_dims"]),
+        "data": {
+            "path": str(data),
+            "fingerprint": fingerprint,
+            "provenance": dataset_provenance(chosen),
+            "training_fingerprint": record["data"]["fingerprint"],
+            "skipped": [[str(p), str(r)] for p, r in skipped],
+        },
+        "backbone": {k: record["backbone"].get(k) for k in ("profile", "fingerprint_hash", "pretrained")},
+        "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if save:
+        (run_dir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
+        np.savez(
+            run_dir / f"predictions_{split}.npz",
+            predictions=out["predictions"],
+            targets=out["targets"],
+            episode_ids=np.asarray(out["episode_ids"], dtype=str),
+            frame_indices=np.asarray(out["frame_indices"], dtype=np.int64),
+            action_dims=np.asarray(record["action_dims"], dtype=str),
+        )
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A readable table: every metric key with its value and 95% interval, headed by n."""
+    lines = [
+        f"{result['case']} on {result['split']}: n={result['n']} frames from {result['n_episodes']} episodes "
+        f"(data {result['data']['provenance']}, fingerprint {result['data']['fingerprint']})",
+        f"{'metric':<32}{'value':>12}  95% interval (bootstrap, {result.get('bootstrap', {}).get('n_boot', '?')})",
+    ]
+    for key, value in result["metrics"].items():
+        if key == "n":
+            continue
+        low, high = result["intervals"].get(key, (float("nan"), float("nan")))
+        lines.append(f"{key:<32}{value:>12.4f}  [{low:.4f}, {high:.4f}]")
+    lines.append(f"{'loss (Huber)':<32}{result['loss']:>12.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""The policy seam: what every case's head is, what it consumes, and how its config is described.
+
+A policy is a trainable head over the features of a *frozen* backbone. It never sees images: the training
+loop (and the inference wrapper) turn images and instructions into features through
+``mobile_vla.training.features.FeatureProvider`` and hand the policy a dict of tensors. That is what lets the
+features be cached on disk and lets Case 2/4 ask for more features without touching the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+DEFAULT_ACTION_DIMS: tuple[str, ...] = ("linear_x", "linear_y")
+
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Sizes of the features a backbone produces. Heads size their input layers from this, never by hand.
+
+    Attributes:
+        vision: size of the pooled image feature ``features["vision"]`` (Kosmos-2: 1024).
+        text: size of the masked-mean instruction feature ``features["text"]`` (Kosmos-2: 2048).
+        token_dim: size of one image token in ``features["image_tokens"]`` (None if the backbone has none).
+        num_image_tokens: number of image tokens N in ``features["image_tokens"]`` (None if unknown).
+        extra: sizes of further named features a case may need (e.g. ``{"clip_image": 512}``).
+    """
+
+    vision: int
+    text: int
+    token_dim: int | None = None
+    num_image_tokens: int | None = None
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("vision", "text"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"FeatureDims.{name} must be a positive int, got {value!r}")
+        for name in ("token_dim", "num_image_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"FeatureDims.{name} must be a positive int or None, got {value!r}")
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    @classmethod
+    def from_backbone(cls, backbone: Any) -> FeatureDims:
+        """Read the sizes off a ``Backbone`` (anything with ``vision_dim``/``text_dim`` attributes)."""
+        return cls(
+            vision=int(backbone.vision_dim),
+            text=int(backbone.text_dim),
+            token_dim=_int_or_none(getattr(backbone, "token_dim", None)),
+            num_image_tokens=_int_or_none(getattr(backbone, "num_image_tokens", None)),
+            extra=dict(getattr(backbone, "extra_dims", {}) or {}),
+        )
+
+    @classmethod
+    def coerce(cls, dims: FeatureDims | Mapping[str, Any] | Any) -> FeatureDims:
+        """Accept a ``FeatureDims``, its ``to_dict()`` form, or a backbone."""
+        if isinstance(dims, FeatureDims):
+            return dims
+        if isinstance(dims, Mapping):
+            return cls.from_dict(dims)
+        if hasattr(dims, "vision_dim") and hasattr(dims, "text_dim"):
+            return cls.from_backbone(dims)
+        raise TypeError(
+            f"expected FeatureDims, a dict or a backbone with vision_dim/text_dim, got {type(dims).__name__}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vision": self.vision,
+            "text": self.text,
+            "token_dim": self.token_dim,
+            "num_image_tokens": self.num_image_tokens,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureDims:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown FeatureDims keys {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass
+class PolicyConfig:
+    """Fields every case shares. Case configs subclass this and add their own hyperparameters.
+
+    Attributes:
+        action_dims: names of the action axes the head predicts, in order (a subset of the episode's
+            ``linear_x, linear_y, angular_z``). The seed hard-coded 2; here it is a choice.
+    """
+
+    action_dims: tuple[str, ...] = DEFAULT_ACTION_DIMS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.action_dims, str):
+            raise ValueError(
+                f"action_dims must be a sequence of axis names, got the string {self.action_dims!r}"
+            )
+        self.action_dims = tuple(self.action_dims)
+        if not self.action_dims:
+            raise ValueError("action_dims must name at least one axis, got ()")
+        if len(set(self.action_dims)) != len(self.action_dims):
+            raise ValueError(f"action_dims has a repeated axis: {self.action_dims!r}")
+        known = ("linear_x", "linear_y", "angular_z")
+        bad = [a for a in self.action_dims if a not in known]
+        if bad:
+            raise ValueError(f"action_dims {bad!r} are not episode axes; choose from {known}")
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_dims)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``from_dict(to_dict())`` gives back an equal config."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known keys: {sorted(names)}")
+        return cls(**dict(data))
+
+    def replace(self, **overrides: Any) -> PolicyConfig:
+        """A copy with ``overrides`` applied (validated again); unknown keys are named in the error."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise ValueError(
+                f"unknown {type(self).__name__} fields {sorted(unknown)}; known fields: {sorted(names)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+
+def check_positive(owner: str, **values: float) -> None:
+    """Raise ``ValueError`` naming the first value that is not a positive finite number."""
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value!r}")
+
+
+def check_probability(owner: str, **values: float) -> None:
+    """Raise ``ValueError`` naming the first value outside [0, 1)."""
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
+
+
+class Policy(nn.Module):
+    """Base class of every case's head.
+
+    Subclasses set ``config_class`` and ``required_features`` and implement ``forward``. The default
+    ``compute_loss`` is the standard recipe's Huber loss on ``outputs["action"]`` vs ``batch["action"]``;
+    cases with auxiliary losses override it and add their terms to ``logs``.
+    """
+
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    # Feature names (keys of the features dict) this case consumes; the FeatureProvider computes only these.
+    required_features: ClassVar[tuple[str, ...]] = ("vision", "text")
+
+    def __init__(self, config: PolicyConfig, dims: FeatureDims | Mapping[str, Any] | Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.dims = FeatureDims.coerce(dims)
+        # Set by create_policy: the registered case name this instance was built as.
+        self.case_name: str | None = None
+        # The recipe's action loss; the trainer replaces it from TrainConfig.huber_delta (configure_training).
+        self.action_criterion: nn.Module = nn.HuberLoss(delta=0.1)
+
+    @property
+    def action_dims(self) -> tuple[str, ...]:
+        return self.config.action_dims
+
+    @property
+    def history_length(self) -> int:
+        """Frames per sample: 1, or W for history-window cases (their features get a time axis, (B, W, ...))."""
+        return 1
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """features -> {"action": (B, A), ...}."""
+        raise NotImplementedError
+
+    def compute_loss(
+        self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The standard recipe's loss: Huber(delta) between predicted and recorded actions."""
+        target = batch["action"].to(outputs["action"].device, outputs["action"].dtype)  # (B, A)
+        loss = self.action_criterion(outputs["action"], target)
+        return loss, {"action_loss": float(loss.detach())}
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the dataset this case trains on (none for single-frame cases).
+
+        Cases that need more than one frame (Case 4: a history window, an action chunk, future frames, task
+        labels) return them here, e.g. ``{"history": 4, "action_chunk": 5}``; the trainer passes them on.
+        """
+        return {}
+
+    def configure_training(self, train_config: Any) -> None:
+        """Take the loss settings of the training recipe (called by the trainer before the first step)."""
+        self.action_criterion = nn.HuberLoss(delta=float(train_config.huber_delta))
+
+    def predict(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Eval-mode, no-grad action prediction ``(B, A)``; restores the previous train/eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.forward(features)["action"]
+        finally:
+            self.train(was_training)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,228 @@
+"""A trained run directory as a step-by-step controller: image + instruction -> one velocity command.
+
+    policy = load_policy("runs/case1")              # best checkpoint, backbone rebuilt from config.json
+    action = policy.act(frame_uint8_hwc, "Navigate around obstacles ... on the left")   # (A,)
+    policy.timings                                   # {"decode_ms", "preprocess_ms", "backbone_ms", "head_ms", ...}
+
+This module sits on top of the training package (it reuses the ``FeatureProvider`` and the checkpoint
+checks), so that training, offline evaluation and serving compute features exactly the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobile_vla.policies.base import FeatureDims, Policy
+from mobile_vla.policies.registry import policy_from_config
+
+CHECKPOINTS = ("best", "last")
+
+# scheme -> function turning "scheme://..." into a local run directory (the registry adds its own).
+URI_RESOLVERS: dict[str, Callable[[str], Path]] = {}
+
+
+def resolve_run_dir(run_dir_or_uri: str | Path) -> Path:
+    text = str(run_dir_or_uri)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        if scheme not in URI_RESOLVERS:
+            raise ValueError(
+                f"cannot resolve {text!r}: no resolver for scheme {scheme!r} (known: {sorted(URI_RESOLVERS)}); "
+                "pass a run directory instead"
+            )
+        return Path(URI_RESOLVERS[scheme](text))
+    return Path(text)
+
+
+def load_run(
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    checkpoint: str = "best",
+    backbone: Any | None = None,
+    feature_provider: Any | None = None,
+) -> tuple[Policy, Any, dict[str, Any]]:
+    """Rebuild a run's head and its feature provider: ``(policy in eval mode, provider, config.json)``.
+
+    The backbone is rebuilt from the spec in ``config.json`` unless one is passed; either way a checkpoint
+    whose backbone fingerprint or action dims differ is refused (``CheckpointMismatchError``).
+    """
+    from mobile_vla.training.checkpoints import load_head
+    from mobile_vla.training.features import FeatureProvider
+    from mobile_vla.training.trainer import read_run_config, resolve_device
+
+    run_dir = resolve_run_dir(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    record = read_run_config(run_dir)
+    device = resolve_device(device)
+    if feature_provider is not None:
+        backbone = feature_provider.backbone
+    if backbone is None:
+        from mobile_vla.backbones import create_backbone
+
+        spec = dict(record["backbone"]["spec"])
+        spec.update(device=device)
+        backbone = create_backbone(**spec)
+    provider = feature_provider or FeatureProvider(backbone)
+    dims = FeatureDims.from_dict(record["feature_dims"])
+    policy = policy_from_config(record["case"], record["policy"], dims)
+    path = run_dir / f"{checkpoint}.safetensors"
+    if not path.is_file() and checkpoint == "best" and (run_dir / "last.safetensors").is_file():
+        path = run_dir / "last.safetensors"
+    load_head(
+        path,
+        policy,
+        fingerprint_hash=str(backbone.fingerprint_hash),
+        action_dims=tuple(record["action_dims"]),
+    )
+    policy.to(device).eval()
+    return policy, provider, record
+
+
+class InferencePolicy:
+    """A ``ControlPolicy`` over a trained head and its frozen backbone.
+
+    ``act`` accepts a uint8 ``[H, W, 3]`` RGB array or a PIL image; ``act_encoded`` accepts image file bytes
+    (PNG/JPEG, what the server receives). The instruction's text feature is computed once per distinct
+    string. ``timings`` holds the last call's split in milliseconds: ``decode_ms`` (bytes -> image),
+    ``preprocess_ms`` (to an RGB PIL image), ``backbone_ms`` (frozen encoders, incl. their processor),
+    ``head_ms`` and ``total_ms``.
+
+    History-window cases (a policy with ``history_length`` W > 1, Case 4) get the last W frames of the
+    episode, the first frame repeated until W have been seen; ``reset()`` starts a new episode.
+    """
+
+    def __init__(self, policy: Policy, provider: Any, record: Mapping[str, Any], device: str) -> None:
+        self.policy = policy.eval()
+        self.provider = provider
+        self.record = dict(record)
+        self.device = device
+        self.action_dims: tuple[str, ...] = tuple(record["action_dims"])
+        self.timings: dict[str, float] = {}
+        self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
+
+    @property
+    def case(self) -> str:
+        return str(self.record["case"])
+
+    def info(self) -> dict[str, Any]:
+        """What the server's ``/model/info`` reports."""
+        backbone = self.record["backbone"]
+        return {
+            "case": self.case,
+            "model_class": self.record.get("model_class"),
+            "architecture": self.record.get("architecture"),
+            "action_dims": list(self.action_dims),
+            "backbone": {
+                k: backbone[k] for k in ("profile", "fingerprint_hash", "pretrained") if k in backbone
+            },
+            "data": {k: self.record["data"].get(k) for k in ("fingerprint", "provenance")},
+            "trainable_parameters": self.policy.num_parameters(),
+            "device": self.device,
+        }
+
+    @property
+    def history_length(self) -> int:
+        """Frames per prediction: 1 for single-frame cases, W for history-window cases (Case 4)."""
+        return int(getattr(self.policy, "history_length", 1))
+
+    def reset(self) -> None:
+        """Start a new episode: forget the frame history (a no-op for single-frame cases)."""
+        self._history.clear()
+
+    def act(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
+        """One velocity command ``(A,)`` (float32) for the next frame of the current episode."""
+        return self._step(image, instruction)["action"][0]
+
+    def act_chunk(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
+        """The next ``K`` commands ``(K, A)`` for chunking cases (``outputs["action_chunk"]``)."""
+        outputs = self._step(image, instruction)
+        if "action_chunk" not in outputs:
+            raise NotImplementedError(f"{self.case} predicts one action per step, not a chunk; use act()")
+        return outputs["action_chunk"][0]
+
+    def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
+        """``act`` on encoded image bytes (PNG/JPEG), timing the decode too."""
+        start = time.perf_counter()
+        with Image.open(io.BytesIO(image_bytes)) as im:
+            image = im.convert("RGB")
+        decode_ms = (time.perf_counter() - start) * 1e3
+        action = self.act(image, instruction)
+        self.timings["decode_ms"] = decode_ms
+        self.timings["total_ms"] += decode_ms
+        return action
+
+    def act_batch(
+        self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str]
+    ) -> np.ndarray:
+        """``(B, A)`` commands for independent frames (no history); each row depends only on its own inputs."""
+        if len(images) != len(instructions):
+            raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        from mobile_vla.training.features import to_pil
+
+        t0 = time.perf_counter()
+        pil = [to_pil(im) for im in images]
+        inputs: list[Any] = pil if self.history_length == 1 else [[im] * self.history_length for im in pil]
+        return self._forward(inputs, list(instructions), t0)["action"]
+
+    def _step(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
+        from mobile_vla.training.features import to_pil
+
+        t0 = time.perf_counter()
+        frame = to_pil(image)
+        if self.history_length == 1:
+            return self._forward([frame], [instruction], t0)
+        self._history.append(frame)
+        window = list(self._history)
+        window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
+        return self._forward([window], [instruction], t0)
+
+    def _forward(self, images: list[Any], instructions: list[str], t0: float) -> dict[str, np.ndarray]:
+        t1 = time.perf_counter()
+        features = self.provider({"image": images, "text": instructions}, self.policy.required_features)
+        features = {k: v.to(device=self.device, dtype=torch.float32) for k, v in features.items()}
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            outputs = self.policy(features)
+        result = {k: v.float().cpu().numpy() for k, v in outputs.items() if k in ("action", "action_chunk")}
+        t3 = time.perf_counter()
+        self.timings = {
+            "decode_ms": 0.0,
+            "preprocess_ms": (t1 - t0) * 1e3,
+            "backbone_ms": (t2 - t1) * 1e3,
+            "head_ms": (t3 - t2) * 1e3,
+            "total_ms": (t3 - t0) * 1e3,
+        }
+        return result
+
+
+def load_policy(
+    run_dir_or_uri: str | Path,
+    device: str = "auto",
+    *,
+    checkpoint: str = "best",
+    backbone: Any | None = None,
+    feature_provider: Any | None = None,
+) -> InferencePolicy:
+    """Load a run directory (or a URI a registered resolver understands) as an ``InferencePolicy``."""
+    from mobile_vla.training.trainer import resolve_device
+
+    device = resolve_device(device)
+    policy, provider, record = load_run(
+        run_dir_or_uri,
+        device=device,
+        checkpoint=checkpoint,
+        backbone=backbone,
+        feature_provider=feature_provider,
+    )
+    return InferencePolicy(policy, provider, record, device)

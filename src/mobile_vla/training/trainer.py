@@ -1,0 +1,668 @@
+"""The standard trainer: any registered case, the seed's recipe, exact resume, one run directory.
+
+    trainer = Trainer(resolve_train_config("case1"), data="episodes/", out_dir="runs/case1")
+    summary = trainer.fit()                       # or Trainer.resume("runs/case1").fit()
+
+The loop is case-agnostic: it asks the ``FeatureProvider`` for ``policy.required_features``, calls
+``policy(features)`` and ``policy.compute_loss(outputs, batch)``. Nothing here knows what a case is.
+
+Run directory (see docs/CONTRACTS.md): ``config.json``, ``best.safetensors``, ``last.safetensors``,
+``resume/``, ``metrics.jsonl``, ``loss_curve.png``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mobile_vla.policies import FeatureDims, Policy, create_policy, get_case
+from mobile_vla.training.checkpoints import (
+    load_resume_state,
+    save_head,
+    save_resume_state,
+)
+from mobile_vla.training.config import TrainConfig
+from mobile_vla.training.features import FeatureProvider
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("running", "finished", "failed", "killed")
+
+
+class TrainingKilled(KeyboardInterrupt):
+    """Raised inside the loop when the process receives SIGTERM, so the run is marked ``killed``."""
+
+
+class Callback:
+    """Hook points around the loop (override what you need; MLflow logging plugs in here).
+
+    ``on_epoch_end`` receives the same record that is appended to ``metrics.jsonl``; ``on_run_end`` the
+    final ``summary.json`` content (also called when the run fails or is killed).
+    """
+
+    def on_run_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, record: Mapping[str, Any]) -> None:
+        pass
+
+    def on_run_end(self, trainer: Trainer, summary: Mapping[str, Any]) -> None:
+        pass
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} requested but torch.cuda.is_available() is False; use --device cpu"
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    from mobile_vla import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def build_backbone(config: TrainConfig, device: str) -> Any:
+    from mobile_vla.backbones import create_backbone
+
+    kwargs: dict[str, Any] = {"device": device, "dtype": config.backbone_dtype}
+    if config.backbone_path:
+        kwargs["path"] = config.backbone_path
+    return create_backbone(config.backbone, **kwargs)
+
+
+def backbone_record(backbone: Any) -> dict[str, Any]:
+    return {
+        "profile": backbone.profile,
+        "spec": backbone.spec(),
+        "fingerprint": backbone.fingerprint,
+        "fingerprint_hash": backbone.fingerprint_hash,
+        "pretrained": bool(backbone.pretrained),
+    }
+
+
+def make_loader(
+    dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, num_workers: int
+) -> DataLoader:
+    """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    from mobile_vla.data.dataset import collate_batch
+
+    generator = torch.Generator()
+    generator.manual_seed(seed * 100_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=collate_batch,
+        num_workers=num_workers,
+    )
+
+
+def predict_dataset(
+    policy: Policy,
+    provider: FeatureProvider,
+    dataset: Any,
+    *,
+    batch_size: int,
+    device: str,
+    progress: bool = False,
+    desc: str = "predict",
+) -> dict[str, Any]:
+    """Eval-mode predictions over a dataset: ``{"predictions", "targets", "loss", "episode_ids", ...}``."""
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, epoch=0, num_workers=0)
+    policy.eval()
+    preds, targets, episode_ids, frame_indices = [], [], [], []
+    loss_sum, n = 0.0, 0
+    with torch.no_grad():
+        for batch in _progress(loader, progress, desc):
+            features = _to_device(provider(batch, policy.required_features), device)
+            outputs = policy(features)
+            loss, _ = policy.compute_loss(outputs, batch)
+            b = len(batch["action"])
+            loss_sum += float(loss) * b
+            n += b
+            preds.append(outputs["action"].float().cpu().numpy())
+            targets.append(batch["action"].float().cpu().numpy())
+            episode_ids += list(batch.get("episode_id", [""] * b))
+            frame_indices += [int(i) for i in batch.get("frame_index", [-1] * b)]
+    a = len(policy.action_dims)
+    return {
+        "predictions": np.concatenate(preds) if preds else np.zeros((0, a), np.float32),
+        "targets": np.concatenate(targets) if targets else np.zeros((0, a), np.float32),
+        "loss": loss_sum / n if n else float("nan"),
+        "n": n,
+        "episode_ids": episode_ids,
+        "frame_indices": frame_indices,
+    }
+
+
+def _to_device(features: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device=device, dtype=torch.float32) for k, v in features.items()}
+
+
+def _progress(iterable: Iterable, enabled: bool, desc: str, **kwargs: Any) -> Iterable:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into ``TrainingKilled`` while training (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TrainingKilled(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+    """Trains one case's head on episodes with the standard recipe and writes a run directory.
+
+    Args:
+        config: the resolved recipe (``resolve_train_config``).
+        data: episode directory (recursive ``*.h5``) or a list of episode files.
+        out_dir: the run directory; must not already hold a run unless ``resume``-ing.
+        backbone: an already-built backbone to use (else built from ``config``); when resuming it must have
+            the fingerprint recorded in ``config.json``.
+        feature_provider: computes features (defaults to ``FeatureProvider(backbone)``); the place for a cache.
+        callbacks: ``Callback`` objects called at run start, each epoch end and run end.
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: str | Path | Sequence[str | Path],
+        out_dir: str | Path,
+        *,
+        backbone: Any | None = None,
+        feature_provider: FeatureProvider | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self._resuming = False
+        self._run_record: dict[str, Any] | None = None
+        self.case = get_case(config.case)
+        if feature_provider is not None:
+            backbone = feature_provider.backbone
+        self.backbone = backbone if backbone is not None else build_backbone(config, self.device)
+        self.provider = feature_provider or FeatureProvider(self.backbone)
+        self.policy: Policy | None = None
+        self.datasets: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # --- construction for resume -----------------------------------------------------------------------
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | Path,
+        *,
+        data: str | Path | Sequence[str | Path] | None = None,
+        backbone: Any | None = None,
+        feature_provider: FeatureProvider | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+        device: str | None = None,
+    ) -> Trainer:
+        """A trainer that continues the interrupted run in ``run_dir`` with the config it recorded."""
+        run_dir = Path(run_dir)
+        record = read_run_config(run_dir)
+        config = TrainConfig.from_dict(record["train"])
+        if device is not None:
+            config.device = device
+        trainer = cls(
+            config,
+            data if data is not None else record["data"]["path"],
+            run_dir,
+            backbone=backbone,
+            feature_provider=feature_provider,
+            callbacks=callbacks,
+            progress=progress,
+        )
+        trainer._resuming = True
+        trainer._run_record = record
+        return trainer
+
+    # --- data ---------------------------------------------------------------------------------------------
+    def _datasets(self, action_dims: Sequence[str], extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
+        from mobile_vla.data.dataset import (
+            EpisodeDataset,
+            dataset_fingerprint,
+            dataset_provenance,
+            load_episodes,
+            split_episodes,
+        )
+
+        cfg = self.config
+        listed = isinstance(self.data, (list, tuple))
+        source = [str(p) for p in self.data] if listed else str(self.data)
+        episodes, skipped = load_episodes(source)  # opened once, shared by the split datasets
+        if not episodes:
+            raise ValueError(f"no readable episodes in {self.data} (skipped: {skipped})")
+        fingerprint = dataset_fingerprint(episodes)
+        if self._run_record is not None:
+            recorded = self._run_record["data"]
+            if recorded["fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"{self.data}: these episodes (fingerprint {fingerprint}) are not the ones the run in "
+                    f"{self.out_dir} was started on (fingerprint {recorded['fingerprint']}); resume with the same data"
+                )
+            split = {k: list(recorded["split"][k]) for k in ("train", "val", "test")}
+        else:
+            split = split_episodes(
+                [e.episode_id for e in episodes], seed=cfg.split_seed, ratios=cfg.split_ratios
+            )
+        if not split["train"]:
+            raise ValueError(f"the split left no training episodes ({len(episodes)} episodes in {self.data})")
+        by_id = {e.episode_id: e for e in episodes}
+
+        def make(part: str, frame_selection: str) -> Any:
+            if not split[part]:
+                return None
+            return EpisodeDataset(
+                [by_id[i] for i in split[part]],
+                frame_selection=frame_selection,
+                action_dims=tuple(action_dims),
+                drop_start_frame=cfg.drop_start_frame,
+                seed=cfg.seed,
+                **extra,
+            )
+
+        datasets = {"train": make("train", cfg.frame_selection), "val": make("val", cfg.eval_frame_selection)}
+        data_record = {
+            "path": [str(Path(p).resolve()) for p in source] if listed else str(Path(source).resolve()),
+            "fingerprint": fingerprint,
+            "provenance": dataset_provenance(episodes),
+            "num_episodes": len(episodes),
+            "skipped": [[str(p), str(r)] for p, r in skipped],
+            "split": {"seed": cfg.split_seed, "ratios": list(cfg.split_ratios), **split},
+        }
+        return datasets, data_record
+
+    # --- the run ------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` or early stopping; returns the summary (also in ``summary.json``)."""
+        cfg = self.config
+        run_dir = self.out_dir
+        if not self._resuming and (run_dir / "config.json").exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a run (config.json); pass --resume to continue it or choose another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+
+        dims = FeatureDims.from_backbone(self.backbone)
+        policy = create_policy(cfg.case, dims, **cfg.policy).to(self.device)
+        policy.configure_training(cfg)
+        self.policy = policy
+        if (
+            self._run_record is not None
+            and self._run_record["backbone"]["fingerprint_hash"] != self.backbone.fingerprint_hash
+        ):
+            raise ValueError(
+                f"{run_dir}: the run was started with backbone fingerprint "
+                f"{self._run_record['backbone']['fingerprint_hash']}, but this backbone's is "
+                f"{self.backbone.fingerprint_hash}; resume with the backbone recorded in config.json"
+            )
+        datasets, data_record = self._datasets(policy.action_dims, policy.dataset_kwargs())
+        self.datasets = datasets
+
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.scheduler_t_max, eta_min=cfg.scheduler_eta_min
+        )
+        counters = {
+            "best_val_loss": math.inf,
+            "best_epoch": -1,
+            "epochs_without_improvement": 0,
+            "wall_time_s": 0.0,
+        }
+        start_epoch = 0
+        if self._resuming:
+            state = load_resume_state(
+                run_dir / "resume", model=policy, optimizer=optimizer, scheduler=scheduler
+            )
+            start_epoch = state["epoch"] + 1
+            counters.update(state["counters"])
+            self.history = _read_metrics(run_dir / "metrics.jsonl", upto_epoch=state["epoch"])
+            _write_metrics(run_dir / "metrics.jsonl", self.history)
+            logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
+        else:
+            self._run_record = {
+                "case": self.case.name,
+                "model_class": self.case.model_class,
+                "architecture": self.case.architecture,
+                "trainable_parameters": policy.num_parameters(trainable_only=True),
+                "policy": policy.config.to_dict(),
+                "train": cfg.to_dict(),
+                "backbone": backbone_record(self.backbone),
+                "feature_dims": dims.to_dict(),
+                "required_features": list(policy.required_features),
+                "data": data_record,
+                "action_dims": list(policy.action_dims),
+                "code_version": code_version(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (run_dir / "config.json").write_text(json.dumps(self._run_record, indent=2))
+            (run_dir / "metrics.jsonl").write_text("")
+
+        self.optimizer, self.scheduler = optimizer, scheduler
+        summary = self._summary("running", counters, start_epoch - 1)
+        self._write_summary(summary)
+
+        status, error = "running", None
+        last_epoch = start_epoch - 1
+        try:
+            for cb in self.callbacks:
+                cb.on_run_start(self)
+            with _sigterm_as_interrupt():
+                last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
+            status = "finished"
+        except KeyboardInterrupt as exc:  # includes TrainingKilled (SIGTERM)
+            status, error = "killed", f"{type(exc).__name__}: {exc}"
+            raise
+        except BaseException as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            last_epoch = self.history[-1]["epoch"] if self.history else last_epoch
+            summary = self._summary(status, counters, last_epoch, error)
+            self._write_summary(summary)
+            try:
+                plot_loss_curve(self.history, run_dir / "loss_curve.png")
+            except Exception as exc:  # a plot must never hide the real outcome
+                logger.warning("could not draw the loss curve: %s", exc)
+            for cb in self.callbacks:
+                try:
+                    cb.on_run_end(self, summary)
+                except Exception:  # a logging hook must not turn a finished run into a crash, nor hide one
+                    logger.exception("callback %s failed in on_run_end", type(cb).__name__)
+        return summary
+
+    @property
+    def run_record(self) -> dict[str, Any] | None:
+        """The content of ``config.json`` (None before ``fit`` starts a new run)."""
+        return self._run_record
+
+    def _loop(self, policy: Policy, optimizer, scheduler, counters: dict[str, Any], start_epoch: int) -> int:
+        cfg, run_dir = self.config, self.out_dir
+        fingerprint = self.backbone.fingerprint_hash
+        epoch = start_epoch - 1
+        if start_epoch >= cfg.epochs or (
+            cfg.early_stopping_patience
+            and counters["epochs_without_improvement"] >= cfg.early_stopping_patience
+        ):
+            return epoch
+        epochs = _progress(
+            range(start_epoch, cfg.epochs), self.progress, "epochs", initial=start_epoch, total=cfg.epochs
+        )
+        for epoch in epochs:
+            started = time.perf_counter()
+            train_loss, train_logs, n_train = self._train_epoch(policy, optimizer, epoch)
+            val = None
+            if self.datasets["val"] is not None:
+                val = predict_dataset(
+                    policy,
+                    self.provider,
+                    self.datasets["val"],
+                    batch_size=cfg.batch_size,
+                    device=self.device,
+                    progress=self.progress,
+                    desc=f"val {epoch}",
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            # Early stopping and "best" follow the validation loss; without a validation split, the training loss.
+            monitored = val["loss"] if val is not None else train_loss
+            improved = monitored < counters["best_val_loss"] - cfg.early_stopping_min_delta
+            if improved:
+                counters.update(best_val_loss=monitored, best_epoch=epoch, epochs_without_improvement=0)
+                save_head(
+                    run_dir / "best.safetensors",
+                    policy,
+                    fingerprint_hash=fingerprint,
+                    action_dims=policy.action_dims,
+                    case=self.case.name,
+                    epoch=epoch,
+                    extra={"val_loss": monitored},
+                )
+            else:
+                counters["epochs_without_improvement"] += 1
+            save_head(
+                run_dir / "last.safetensors",
+                policy,
+                fingerprint_hash=fingerprint,
+                action_dims=policy.action_dims,
+                case=self.case.name,
+                epoch=epoch,
+            )
+            epoch_time = time.perf_counter() - started
+            counters["wall_time_s"] = float(counters["wall_time_s"]) + epoch_time
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "n_train": n_train,
+                **{f"train_{k}": v for k, v in train_logs.items()},
+                "val_loss": val["loss"] if val is not None else None,
+                "n_val": val["n"] if val is not None else 0,
+                "val_metrics": _val_metrics(val, policy.action_dims) if val is not None else None,
+                "lr": lr,
+                "best_epoch": counters["best_epoch"],
+                "improved": bool(improved),
+                "epoch_time_s": epoch_time,
+            }
+            self.history.append(record)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+            stop = bool(cfg.early_stopping_patience) and (
+                counters["epochs_without_improvement"] >= cfg.early_stopping_patience
+            )
+            counters["early_stopped"] = stop
+            # The resume state is written last: once it names epoch k, everything of epoch k is on disk.
+            save_resume_state(
+                run_dir / "resume",
+                model=policy,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch,
+                counters=counters,
+            )
+            self._write_summary(self._summary("running", counters, epoch))
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, record)
+            if self.progress and hasattr(epochs, "set_postfix"):
+                epochs.set_postfix(train=f"{train_loss:.4f}", val=f"{monitored:.4f}")
+            if stop:
+                logger.info("early stopping after epoch %d (best epoch %d)", epoch, counters["best_epoch"])
+                break
+        return epoch
+
+    def _train_epoch(self, policy: Policy, optimizer, epoch: int) -> tuple[float, dict[str, float], int]:
+        cfg = self.config
+        dataset = self.datasets["train"]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loader = make_loader(
+            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.num_workers
+        )
+        policy.train()
+        loss_sum, n = 0.0, 0
+        logs_sum: dict[str, float] = {}
+        for batch in _progress(loader, self.progress, f"train {epoch}"):
+            features = _to_device(self.provider(batch, policy.required_features), self.device)
+            outputs = policy(features)
+            loss, logs = policy.compute_loss(outputs, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"epoch {epoch}: loss is {float(loss)}; lower --lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm=cfg.grad_clip_norm)
+            optimizer.step()
+            b = len(batch["action"])
+            loss_sum += float(loss.detach()) * b
+            n += b
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * b
+        return loss_sum / max(n, 1), {k: v / max(n, 1) for k, v in logs_sum.items()}, n
+
+    # --- bookkeeping ----------------------------------------------------------------------------------------
+    def _summary(
+        self, status: str, counters: Mapping[str, Any], last_epoch: int, error: str | None = None
+    ) -> dict:
+        best = counters.get("best_val_loss", math.inf)
+        return {
+            "status": status,
+            "case": self.case.name,
+            "epochs_completed": last_epoch + 1,
+            "max_epochs": self.config.epochs,
+            "best_epoch": counters.get("best_epoch", -1),
+            "best_val_loss": best if math.isfinite(best) else None,
+            "monitored": "val_loss" if self.datasets.get("val") is not None else "train_loss",
+            "early_stopped": bool(counters.get("early_stopped", False)),
+            "wall_time_s": float(counters.get("wall_time_s", 0.0)),
+            "error": error,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _write_summary(self, summary: Mapping[str, Any]) -> None:
+        path = self.out_dir / "summary.json"
+        tmp = path.with_name("summary.json.tmp")
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2))
+        tmp.replace(path)
+
+
+def _val_metrics(val: Mapping[str, Any], action_dims: Sequence[str]) -> dict[str, Any]:
+    from mobile_vla.evaluation.metrics import compute_metrics
+
+    if val["n"] == 0:
+        return {}
+    return compute_metrics(val["predictions"], val["targets"], axis_names=tuple(action_dims))
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory: {path.name} is missing (train one with `mobile-vla train`)"
+        )
+    return json.loads(path.read_text())
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _write_metrics(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars/arrays to Python, non-finite floats to None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Train and validation loss per epoch, best epoch marked."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    val = [(r["epoch"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation")
+    best = history[-1].get("best_epoch", -1)
+    if best is not None and best >= 0:
+        ax.axvline(best, color="grey", linestyle="--", label=f"best (epoch {best})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (Huber)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
