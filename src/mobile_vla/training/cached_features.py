@@ -5,10 +5,12 @@ backbone pass per backbone, ever: the first epoch of the first run computes and 
 runs, seeds and cases read it back.
 
 Which features are cached, and under which namespace:
-    vision, image_tokens   backbone fingerprint hash, keyed by episode content hash + frame index
+    vision, image_tokens   backbone fingerprint hash, keyed by episode content hash + frame index (also
+                           history and future frames: any feature computed by the backbone's own encoders)
     text                   backbone fingerprint hash, keyed by the string (each distinct string once)
-    any other feature      only when its encoder's fingerprint is passed in `source_fingerprints`
-                           (e.g. Case 2's `clip_image` under the CLIP encoder's fingerprint hash)
+    any other feature      only when its encoder's fingerprint is known: `source_fingerprints`, or the
+                           `record["fingerprint_hash"]` of an `ExtraFeature` (Case 2's `clip_image` is
+                           cached under the CLIP encoder's fingerprint hash)
 A frame is recognised by its `FrameRef` (datasets built with `lazy_images=True` hand those over instead of
 decoded images, so a cached frame is never even read from disk). Plain images (inference, a user's PIL
 list) have no identity and are computed as `FeatureProvider` would, with instruction features still cached.
@@ -16,14 +18,18 @@ list) have no identity and are computed as `FeatureProvider` would, with instruc
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from mobile_vla.data.cache import IMAGE_KINDS, CachedBackbone, FeatureCache, FrameRef, text_key
 from mobile_vla.training.features import FEATURE_SOURCES, FeatureProvider, FeatureSource, to_pil
+
+# The backbone's own encoders, by the cache kind their features are stored under.
+_BACKBONE_KINDS = {FEATURE_SOURCES[kind].encode: kind for kind in ("vision", "image_tokens", "text")}
 
 
 class CachedFeatureProvider(FeatureProvider):
@@ -59,20 +65,45 @@ class CachedFeatureProvider(FeatureProvider):
         self.source_fingerprints = dict(source_fingerprints or {})
 
     # -- which features go through the cache ---------------------------------------------------------------
-    def _is_backbone_feature(self, name: str) -> bool:
-        return (
-            name in FEATURE_SOURCES
-            and self.source(name) is FEATURE_SOURCES.get(name)
-            and (name in IMAGE_KINDS or name == "text")
-        )
+    def _backbone_kind(self, source: FeatureSource) -> str | None:
+        """`vision`, `image_tokens` or `text` when `source` is one of the backbone's own encoders, whatever
+        batch entry it reads (Case 4's history and future frames share the current frame's entries)."""
+        return _BACKBONE_KINDS.get(source.encode)
 
-    def _namespace(self, name: str) -> str | None:
+    def _namespace(self, name: str, source: FeatureSource) -> str | None:
         """The cache namespace of feature `name`, or None when it must not be cached."""
-        if self._is_backbone_feature(name):
+        if self._backbone_kind(source) is not None:
             return self.cached.fingerprint_hash
         return self.source_fingerprints.get(name)
 
+    def add_extra_features(self, extra: Mapping[str, Any]) -> None:
+        """As `FeatureProvider`, and cache each extra feature whose encoder records a fingerprint hash."""
+        super().add_extra_features(extra)  # type: ignore[misc]  (FeatureProvider of the cases branch)
+        for name, feature in extra.items():
+            fingerprint = (getattr(feature, "record", None) or {}).get("fingerprint_hash")
+            if fingerprint:
+                self.source_fingerprints[name] = str(fingerprint)
+
     # -- FeatureProvider overrides ----------------------------------------------------------------------------
+    def __call__(self, batch: Mapping[str, Any], names: Sequence[str]) -> dict[str, torch.Tensor]:
+        # When a batch needs both pooled features and tokens (Case 2, Case 4: current frame, history, future
+        # frames), fetch both kinds for every frame of the batch together first: a missing frame then costs
+        # one backbone pass for both, and a frame in several windows of the batch is computed once.
+        kinds: set[str] = set()
+        refs: list[FrameRef] = []
+        for name in names:
+            source = self.source(name)
+            kind = self._backbone_kind(source)
+            found = _frame_refs(batch.get(source.batch_key))[0] if kind in IMAGE_KINDS else None
+            if found:
+                kinds.add(kind)
+                refs += found
+        if len(kinds) > 1:
+            start = time.perf_counter()
+            self.cached.image_features(refs, sorted(kinds))
+            self._tick("vision+image_tokens", start)
+        return super().__call__(batch, names)
+
     def compute_pair(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         refs, shape = _frame_refs(batch.get("image"))
         if refs is None:
@@ -85,18 +116,19 @@ class CachedFeatureProvider(FeatureProvider):
         return vision, tokens
 
     def _compute(self, source: FeatureSource, name: str, batch: Mapping[str, Any]) -> torch.Tensor:
-        namespace = self._namespace(name)
-        if namespace is None or source.batch_key not in batch:
+        namespace = self._namespace(name, source)
+        if namespace is None or source.batch_key not in batch or source.kind not in ("image", "text"):
             return super()._compute(source, name, _resolved(batch, source.batch_key))
         start = time.perf_counter()
+        kind = self._backbone_kind(source)
         if source.kind == "text":
             out = self._cached_texts(namespace, name, source, list(batch[source.batch_key]))
         else:
             refs, shape = _frame_refs(batch[source.batch_key])
             if refs is None:  # decoded images of unknown origin: compute, as the plain provider would
                 return super()._compute(source, name, _resolved(batch, source.batch_key))
-            if self._is_backbone_feature(name):
-                flat = self.cached.image_features(refs, (name,))[name]
+            if kind is not None:
+                flat = self.cached.image_features(refs, (kind,))[kind]
             else:
                 flat = self._cached_images(namespace, name, source, refs)
             out = flat.reshape(*shape, *flat.shape[1:])  # (B, ...) or (B, W, ...)
@@ -107,7 +139,7 @@ class CachedFeatureProvider(FeatureProvider):
     def _cached_texts(
         self, namespace: str, name: str, source: FeatureSource, texts: list[str]
     ) -> torch.Tensor:
-        if self._is_backbone_feature(name):
+        if self._backbone_kind(source) == "text":
             return self.cached.text_features(texts)
         by_key = {text_key(t): t for t in texts}
 
@@ -170,11 +202,15 @@ def _resolved(batch: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return {**batch, key: resolved}
 
 
-def feature_provider_for(backbone: Any, *, cache: bool = True, cache_dir: str | None = None, **kwargs: Any):
-    """The provider the trainer uses: cached when `cache` (the default; the backbone is always frozen)."""
-    if not cache:
+def feature_provider_for(
+    backbone: Any, *, cache: FeatureCache | None = None, **kwargs: Any
+) -> FeatureProvider:
+    """The provider the trainer uses: `CachedFeatureProvider` (the backbone is always frozen), unless the
+    environment says `MOBILE_VLA_FEATURE_CACHE=0` (then the plain `FeatureProvider`, which runs the backbone in
+    every step, as the seed did)."""
+    if os.environ.get("MOBILE_VLA_FEATURE_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
         return FeatureProvider(backbone, **kwargs)
-    return CachedFeatureProvider(backbone, FeatureCache(cache_dir), **kwargs)
+    return CachedFeatureProvider(backbone, cache, **kwargs)
 
 
 __all__ = ["CachedFeatureProvider", "feature_provider_for"]

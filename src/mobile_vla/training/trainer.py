@@ -211,7 +211,8 @@ class Trainer:
         out_dir: the run directory; must not already hold a run unless ``resume``-ing.
         backbone: an already-built backbone to use (else built from ``config``); when resuming it must have
             the fingerprint recorded in ``config.json``.
-        feature_provider: computes features (defaults to ``FeatureProvider(backbone)``); the place for a cache.
+        feature_provider: computes features (default: ``CachedFeatureProvider``, the backbone's features through
+            the on-disk feature cache; ``MOBILE_VLA_FEATURE_CACHE=0`` gives the plain ``FeatureProvider``).
         callbacks: ``Callback`` objects called at run start, each epoch end and run end.
         progress: show tqdm progress bars.
     """
@@ -241,7 +242,12 @@ class Trainer:
         if feature_provider is not None:
             backbone = feature_provider.backbone
         self.backbone = backbone if backbone is not None else build_backbone(config, self.device)
-        self.provider = feature_provider or FeatureProvider(self.backbone)
+        if feature_provider is None:
+            from mobile_vla.training.cached_features import feature_provider_for
+
+            # The backbone is frozen, so its features go through the on-disk feature cache.
+            feature_provider = feature_provider_for(self.backbone)
+        self.provider = feature_provider
         self.policy: Policy | None = None
         self.datasets: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -320,6 +326,7 @@ class Trainer:
                 action_dims=tuple(action_dims),
                 drop_start_frame=cfg.drop_start_frame,
                 seed=cfg.seed,
+                lazy_images=getattr(self.provider, "lazy_images", False),
                 **extra,
             )
 
