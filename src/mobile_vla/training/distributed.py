@@ -20,11 +20,15 @@ frame at once both succeed, and ranks never wait for each other to fill it.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
@@ -94,21 +98,40 @@ class DistributedContext:
             return model
         self.init()
         device_ids = [self.local_rank] if self.backend == "nccl" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # find_unused_parameters: a case may leave a branch out of a step (e.g. a loss term switched off).
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=True
+        )
 
     def barrier(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.barrier()
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's value of `flag` on every rank (so all ranks stop on the same epoch)."""
-        if not self.enabled:
-            return flag
-        tensor = torch.tensor([1.0 if flag else 0.0])
+    def all_reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over all ranks (every rank passes the same keys); unchanged for one process."""
+        if not self.enabled or not values:
+            return dict(values)
+        keys = sorted(values)
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
         if self.backend == "nccl":
             tensor = tensor.cuda()
-        torch.distributed.broadcast(tensor, src=0)
-        return bool(tensor.item())
+        torch.distributed.all_reduce(tensor)
+        return dict(zip(keys, tensor.cpu().tolist(), strict=True))
+
+
+def scratch_run_dir(run_dir: str | Path, rank: int, *, resuming: bool) -> Path:
+    """Where rank `rank` (> 0) writes its copy of the run's files: a fresh temporary directory, seeded with
+    the run's `config.json`, `metrics.jsonl` and `resume/` state when resuming. Rank 0 writes `run_dir`."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"mobile_vla_rank{rank}_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    if resuming:
+        run_dir = Path(run_dir)
+        for name in ("config.json", "metrics.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, scratch / name)
+        if (run_dir / "resume").is_dir():
+            shutil.copytree(run_dir / "resume", scratch / "resume")
+    return scratch
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
