@@ -57,7 +57,6 @@ def load_run(
     whose backbone fingerprint or action dims differ is refused (``CheckpointMismatchError``).
     """
     from mobile_vla.training.checkpoints import load_head
-    from mobile_vla.training.features import FeatureProvider
     from mobile_vla.training.trainer import read_run_config, resolve_device
 
     run_dir = resolve_run_dir(run_dir)
@@ -73,7 +72,12 @@ def load_run(
         spec = dict(record["backbone"]["spec"])
         spec.update(device=device)
         backbone = create_backbone(**spec)
-    provider = feature_provider or FeatureProvider(backbone)
+    if feature_provider is None:
+        from mobile_vla.training.cached_features import inference_feature_provider
+
+        # In-memory feature cache: instructions encoded once, history frames once per step (not W times).
+        feature_provider = inference_feature_provider(backbone)
+    provider = feature_provider
     dims = FeatureDims.from_dict(record["feature_dims"])
     policy = policy_from_config(record["case"], record["policy"], dims)
     path = run_dir / f"{checkpoint}.safetensors"
@@ -109,7 +113,7 @@ class InferencePolicy:
         self.device = device
         self.action_dims: tuple[str, ...] = tuple(record["action_dims"])
         self.timings: dict[str, float] = {}
-        self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
+        self._history: deque[Any] = deque(maxlen=max(self.history_length, 1))
 
     @property
     def case(self) -> str:
@@ -182,7 +186,10 @@ class InferencePolicy:
         frame = to_pil(image)
         if self.history_length == 1:
             return self._forward([frame], [instruction], t0)
-        self._history.append(frame)
+        # A cached provider encodes each frame once, when it arrives, however many windows it stays in.
+        from mobile_vla.data.cache import FrameRef
+
+        self._history.append(FrameRef.live(frame) if getattr(self.provider, "lazy_images", False) else frame)
         window = list(self._history)
         window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
         return self._forward([window], [instruction], t0)
