@@ -239,11 +239,12 @@ def test_keyboard_interrupt_and_sigterm_mark_the_run_killed(episodes, tmp_path):
         def on_epoch_end(self, trainer, record):
             os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         _train(episodes, tmp_path / "term", callbacks=[Terminate()], epochs=3)
     summary = json.loads((tmp_path / "term" / "summary.json").read_text())
     assert summary["status"] == "killed" and summary["epochs_completed"] == 1
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only installed while training
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only installed while training
 
 
 def test_resume_refuses_different_data(episodes, tmp_path):

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, RuntimeError) as exc:
         # User errors (a missing file, a bad value, a refused checkpoint) say what and where; --verbose shows
         # the traceback for bug reports.

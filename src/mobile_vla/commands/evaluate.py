@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,12 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from mobile_vla.registry import add_tracking_arguments
+
+    add_tracking_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mobile_vla.evaluation.evaluate import evaluate_run, format_result
+    from mobile_vla.policies.inference import resolve_run_dir
+    from mobile_vla.registry import RegistryUnavailableError, registry_from_args
 
+    try:
+        registry = registry_from_args(args)
+    except RegistryUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.run_dir = resolve_run_dir(args.run_dir)
     result = evaluate_run(
         args.run_dir,
         args.data,
@@ -51,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress and not args.json,
     )
+    registry.log_evaluation(args.run_dir, args.split, result)
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

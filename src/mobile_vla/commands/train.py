@@ -93,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     add_recipe_arguments(parser)
+    from mobile_vla.registry import add_tracking_arguments
+
+    add_tracking_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -105,10 +108,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mobile_vla.registry import RegistryUnavailableError, registry_from_args
     from mobile_vla.training.config import resolve_train_config
     from mobile_vla.training.trainer import Trainer
 
     overrides = _overrides(args)
+    if args.print_config:
+        print(resolve_train_config(args.case, args.config, overrides).to_yaml(), end="")
+        return 0
+    try:  # before any work: an unreachable registry must not fail a training an hour in
+        registry = registry_from_args(args)
+    except RegistryUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    callbacks = [registry.training_callback()]
     if args.resume:
         ignored = sorted(k for k in overrides if k != "device")
         if ignored or args.config:
@@ -116,16 +129,15 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume continues with the run's recorded config; ignoring {ignored or ['--config']}",
                 file=sys.stderr,
             )
-        trainer = Trainer.resume(args.out, data=args.data, device=args.device, progress=not args.no_progress)
+        trainer = Trainer.resume(
+            args.out, data=args.data, device=args.device, progress=not args.no_progress, callbacks=callbacks
+        )
     else:
         config = resolve_train_config(args.case, args.config, overrides)
-        if args.print_config:
-            print(config.to_yaml(), end="")
-            return 0
         if not args.data:
             print("error: --data DIR is required (the episode directory)", file=sys.stderr)
             return 2
-        trainer = Trainer(config, args.data, args.out, progress=not args.no_progress)
+        trainer = Trainer(config, args.data, args.out, progress=not args.no_progress, callbacks=callbacks)
     summary = trainer.fit()
     print(json.dumps(summary, indent=2))
     return 0 if summary["status"] == "finished" else 1

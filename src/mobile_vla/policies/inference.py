@@ -32,6 +32,12 @@ URI_RESOLVERS: dict[str, Callable[[str], Path]] = {}
 
 def resolve_run_dir(run_dir_or_uri: str | Path) -> Path:
     text = str(run_dir_or_uri)
+    if text.startswith("models:/") and "models" not in URI_RESOLVERS:
+        from mobile_vla.registry import resolve_model_uri  # a plug-in, imported only when asked for
+
+        URI_RESOLVERS["models"] = resolve_model_uri
+    if text.startswith("models:/"):
+        return Path(URI_RESOLVERS["models"](text))
     if "://" in text:
         scheme = text.split("://", 1)[0]
         if scheme not in URI_RESOLVERS:
