@@ -33,7 +33,7 @@ from PIL import Image
 from mobile_vla.data.episodes import instruction_for_side
 from mobile_vla.policies import FeatureDims, create_policy
 from mobile_vla.policies.inference import InferencePolicy
-from mobile_vla.training.cached_features import inference_feature_provider
+from mobile_vla.training.features import FeatureProvider
 
 
 def build_backbone(profile: str, dtype: str) -> Any:
@@ -54,7 +54,7 @@ def inference_policy(backbone: Any, case: str) -> InferencePolicy:
         "backbone": {"profile": backbone.profile, "fingerprint_hash": backbone.fingerprint_hash},
         "data": {},
     }
-    return InferencePolicy(policy, inference_feature_provider(backbone), record, "cpu")
+    return InferencePolicy(policy, FeatureProvider(backbone), record, "cpu")
 
 
 def measure(profile: str, dtype: str, args: argparse.Namespace, rates: dict[str, float]) -> dict[str, Any]:

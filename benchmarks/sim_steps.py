@@ -5,7 +5,7 @@
 Each step is what `mobile-vla sim evaluate` does: render the robot's camera frame, `policy.act(frame,
 instruction)`, hold the command for one control period (collision-checked motion). The policy is a Case 1
 head on the `lite` backbone (EfficientNet-Lite0 + MiniLM, pretrained, offline) wrapped as `load_policy` wraps
-a run (in-memory feature cache: the instruction is encoded once); without `--run-dir` the head is untrained,
+a run (the instruction's features are computed once); without `--run-dir` the head is untrained,
 which costs exactly the same time. Episodes run all 18 steps (no stop at a collision), over the lab's eight
 scenarios.
 
@@ -24,7 +24,7 @@ from common import machine, write_result
 
 from mobile_vla.policies import FeatureDims, create_policy, load_policy
 from mobile_vla.policies.inference import InferencePolicy
-from mobile_vla.training.cached_features import inference_feature_provider
+from mobile_vla.training.features import FeatureProvider
 
 SCENARIOS = [
     f"{n}box_{layout}_{side}" for n in (1, 2) for layout in ("vert", "hori") for side in ("left", "right")
@@ -40,7 +40,7 @@ def lite_policy(run_dir: str | None) -> InferencePolicy:
     torch.manual_seed(0)
     head = create_policy("case1", FeatureDims.from_backbone(backbone)).eval()
     record = {"case": "case1", "action_dims": list(head.action_dims), "backbone": {}, "data": {}}
-    return InferencePolicy(head, inference_feature_provider(backbone), record, "cpu")
+    return InferencePolicy(head, FeatureProvider(backbone), record, "cpu")
 
 
 def main() -> None:

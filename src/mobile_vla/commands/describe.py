@@ -45,20 +45,23 @@ def count_backbone_parameters(backbone: Any) -> int:
 
 
 def describe_case(case: str, backbone: Any) -> dict[str, Any]:
-    from mobile_vla.policies import FeatureDims, create_policy, get_case
+    from mobile_vla.policies import build_policy, get_case
 
     spec = get_case(case)
-    policy = create_policy(spec.name, backbone)
+    # Cases with frozen encoders beyond the backbone (Case 2's CLIP) build them too: their sizes shape the head.
+    policy, extra = build_policy(spec.name, backbone, device="cpu")
     return {
         "case": spec.name,
         "aliases": list(spec.aliases),
         "architecture": spec.architecture,
         "description": spec.description,
         "backbone": getattr(backbone, "profile", type(backbone).__name__),
-        "feature_dims": FeatureDims.from_backbone(backbone).to_dict(),
+        "feature_dims": policy.dims.to_dict(),
         "required_features": list(policy.required_features),
         "trainable_parameters": policy.num_parameters(trainable_only=True),
-        "frozen_parameters": count_backbone_parameters(backbone),
+        "frozen_parameters": count_backbone_parameters(backbone)
+        + sum(f.num_parameters for f in extra.values()),
+        "extra_features": {name: f.record for name, f in extra.items()},
         "preset": {"policy": spec.config.to_dict(), "train": dict(spec.train)},
         "module": repr(policy),
     }
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {info['description']}")
     print(f"  backbone {info['backbone']}: features {info['feature_dims']}")
     print(
-        f"  trainable parameters {info['trainable_parameters']:,}  frozen (backbone) {info['frozen_parameters']:,}"
+        f"  trainable parameters {info['trainable_parameters']:,}  frozen (backbone + extra encoders) {info['frozen_parameters']:,}"
     )
     print(f"  preset head config: {info['preset']['policy']}")
     print(f"  preset training settings: {info['preset']['train']}")

@@ -205,8 +205,6 @@ class FeatureCache:
             0 turns it off. The default (1 GiB) holds ~250,000 pooled 1024-d features.
         durable: fsync each entry before renaming it into place (a power cut then cannot leave an empty
             entry behind a completed rename on file systems that reorder writes).
-        persist: False keeps entries in memory only (nothing is read from or written to `root`): what a
-            control loop needs to encode each incoming frame once while it stays in a history window.
 
     `stats` counts requests, hits, misses, corrupt entries and encoder calls.
     """
@@ -217,16 +215,12 @@ class FeatureCache:
         *,
         memory_bytes: int = 1 << 30,
         durable: bool = True,
-        persist: bool = True,
     ):
         if memory_bytes < 0:
             raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes}")
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.memory_bytes = int(memory_bytes)
         self.durable = durable
-        self.persist = persist
-        if not persist and memory_bytes == 0:
-            raise ValueError("a cache that does not persist needs memory_bytes > 0")
         self.stats = CacheStats()
         self._memory: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
         self._memory_used = 0
@@ -243,7 +237,7 @@ class FeatureCache:
 
     def describe_backbone(self, backbone: str, fingerprint: Mapping[str, Any] | None) -> None:
         """Record the backbone's fingerprint beside its entries once (read by `cache info`/`cache clear`)."""
-        if backbone in self._described or fingerprint is None or not self.persist:
+        if backbone in self._described or fingerprint is None:
             return
         path = self.root / backbone / "backbone.json"
         if not path.exists():
@@ -254,9 +248,7 @@ class FeatureCache:
     # -- single entries ----------------------------------------------------------------------------------------
     def contains(self, backbone: str, kind: str, key: str) -> bool:
         """True when the entry is in memory or its file exists (not verified)."""
-        if (backbone, kind, key) in self._memory:
-            return True
-        return self.persist and self.entry_path(backbone, kind, key).exists()
+        return (backbone, kind, key) in self._memory or self.entry_path(backbone, kind, key).exists()
 
     def load(self, backbone: str, kind: str, key: str) -> torch.Tensor | None:
         """The cached feature, or None when absent or corrupt (counted in `stats.corrupt`)."""
@@ -265,8 +257,6 @@ class FeatureCache:
             self._memory.move_to_end(mem_key)
             self.stats.memory_hits += 1
             return self._memory[mem_key]
-        if not self.persist:
-            return None
         path = self.entry_path(backbone, kind, key)
         try:
             data = path.read_bytes()
@@ -285,10 +275,9 @@ class FeatureCache:
     def store(self, backbone: str, kind: str, key: str, feature: torch.Tensor) -> None:
         """Write one entry atomically and keep it in memory."""
         feature = feature.detach().to("cpu").contiguous().clone()
-        if self.persist:
-            data = encode_entry(feature, backbone=backbone, kind=kind, key=key)
-            atomic_write_bytes(self.entry_path(backbone, kind, key), data, durable=self.durable)
-            self.stats.writes += 1
+        data = encode_entry(feature, backbone=backbone, kind=kind, key=key)
+        atomic_write_bytes(self.entry_path(backbone, kind, key), data, durable=self.durable)
+        self.stats.writes += 1
         self._remember((backbone, kind, key), feature)
 
     def _remember(self, mem_key: tuple[str, str, str], feature: torch.Tensor) -> None:
@@ -479,12 +468,6 @@ class FrameRef:
         image = self.episode.image(self.frame)
         return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
-    @classmethod
-    def live(cls, image: Any) -> FrameRef:
-        """A reference to a frame that is in no file (a camera frame at inference): unique to this call, so
-        its features are computed once and found again while the frame stays in a history window."""
-        return cls(_LiveFrame(image), 0)
-
     def __getstate__(self) -> tuple[Any, int]:
         return self.episode, self.frame
 
@@ -494,20 +477,6 @@ class FrameRef:
     def __repr__(self) -> str:
         name = getattr(self.episode, "episode_id", "?")
         return f"FrameRef({name!r}, frame={self.frame})"
-
-
-class _LiveFrame:
-    """Episode stand-in for one in-memory frame: a random content hash, the image itself."""
-
-    __slots__ = ("content_hash", "episode_id", "_image")
-
-    def __init__(self, image: Any):
-        self.content_hash = uuid.uuid4().hex
-        self.episode_id = "live"
-        self._image = image
-
-    def image(self, index: int) -> Any:
-        return self._image
 
 
 class CachedBackbone:

@@ -48,6 +48,8 @@ def evaluate_run(
     Returns ``{"n", "metrics", "intervals", "bootstrap", "loss", "split", "checkpoint", "data", ...}``.
     """
     from mobile_vla.data.dataset import EpisodeDataset, dataset_fingerprint, dataset_provenance, load_episodes
+    from mobile_vla.data.windows import WindowDataset
+    from mobile_vla.evaluation.chunks import chunk_metrics
     from mobile_vla.evaluation.metrics import metrics_with_intervals
     from mobile_vla.policies.inference import load_run, resolve_run_dir
     from mobile_vla.training.trainer import predict_dataset, resolve_device
@@ -76,7 +78,9 @@ def evaluate_run(
         if not ids:
             raise ValueError(f"{run_dir}: the recorded {split} split is empty; use another --split")
     chosen = [e for e in episodes if e.episode_id in set(ids)]
-    dataset = EpisodeDataset(
+    # History-window cases (Case 4) are evaluated on windows; their first predicted step is the "action".
+    dataset_class = WindowDataset if policy.dataset_kwargs() else EpisodeDataset
+    dataset = dataset_class(
         chosen,
         frame_selection=frame_selection or train_cfg.get("eval_frame_selection", "all"),
         action_dims=tuple(record["action_dims"]),
@@ -119,6 +123,11 @@ def evaluate_run(
         "backbone": {k: record["backbone"].get(k) for k in ("profile", "fingerprint_hash", "pretrained")},
         "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    chunk_arrays = {k: out[k] for k in ("chunk_predictions", "chunk_targets", "chunk_mask") if k in out}
+    if chunk_arrays:
+        result["chunk_metrics"] = chunk_metrics(
+            chunk_arrays["chunk_predictions"], chunk_arrays["chunk_targets"], chunk_arrays["chunk_mask"]
+        )
     if save:
         (run_dir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
         np.savez(
@@ -128,6 +137,7 @@ def evaluate_run(
             episode_ids=np.asarray(out["episode_ids"], dtype=str),
             frame_indices=np.asarray(out["frame_indices"], dtype=np.int64),
             action_dims=np.asarray(record["action_dims"], dtype=str),
+            **chunk_arrays,
         )
     return result
 
@@ -145,4 +155,17 @@ def format_result(result: dict[str, Any]) -> str:
         low, high = result["intervals"].get(key, (float("nan"), float("nan")))
         lines.append(f"{key:<32}{value:>12.4f}  [{low:.4f}, {high:.4f}]")
     lines.append(f"{'loss (Huber)':<32}{result['loss']:>12.4f}")
+    chunk = result.get("chunk_metrics")
+    if chunk:
+        lines.append(
+            f"action chunks: n={chunk['n_windows']} windows, {chunk['n_steps']} recorded steps of "
+            f"{chunk['chunk_length']} (steps past an episode's end left out)"
+        )
+        lines.append(f"{'chunk_mae':<32}{chunk['chunk_mae']:>12.4f}")
+        for j, (mae, n) in enumerate(zip(chunk["step_mae"], chunk["step_n"], strict=True)):
+            lines.append(f"{f'step_{j}_mae (n={n})':<32}{mae:>12.4f}")
+        for key, value in chunk.items():
+            if key.startswith(("step_accuracy_", "window_accuracy_")) and not key.endswith("_ci"):
+                low, high = chunk[f"{key}_ci"]
+                lines.append(f"{key:<32}{value:>12.2f}  [{low:.2f}, {high:.2f}] (Wilson)")
     return "\n".join(lines)

@@ -5,11 +5,12 @@ policy = create_policy("case1", backbone)        # or FeatureDims(vision=1024, t
 out = policy({"vision": v, "text": t})           # {"action": (B, A)}
 """
 
-from mobile_vla.policies.base import DEFAULT_ACTION_DIMS, FeatureDims, Policy, PolicyConfig
+from mobile_vla.policies.base import DEFAULT_ACTION_DIMS, ExtraFeature, FeatureDims, Policy, PolicyConfig
 from mobile_vla.policies.protocol import ControlPolicy
 from mobile_vla.policies.registry import (
     CaseSpec,
     available_cases,
+    build_policy,
     create_policy,
     get_case,
     policy_from_config,
@@ -21,10 +22,12 @@ __all__ = [
     "DEFAULT_ACTION_DIMS",
     "CaseSpec",
     "ControlPolicy",
+    "ExtraFeature",
     "FeatureDims",
     "Policy",
     "PolicyConfig",
     "available_cases",
+    "build_policy",
     "create_policy",
     "get_case",
     "load_policy",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -162,6 +162,27 @@ def check_probability(owner: str, **values: float) -> None:
             raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
 
 
+@dataclass(frozen=True)
+class ExtraFeature:
+    """A feature a case needs beyond the backbone's, with the frozen encoder that computes it (Case 2's
+    ``clip_image``). Built by ``Policy.prepare_features``; the trainer and ``load_policy`` hand it to the
+    ``FeatureProvider`` and record it in the run's config.
+
+    Attributes:
+        batch_key: the collated batch entry it is computed from (e.g. ``image``).
+        dim: its size (goes into ``FeatureDims.extra[name]``).
+        encode: ``encode(inputs) -> (len(inputs), dim)`` float tensor, no gradient.
+        record: JSON-able description for config.json (spec, fingerprint, pretrained, fallback).
+        num_parameters: frozen parameters of the encoder (for ``describe``).
+    """
+
+    batch_key: str
+    dim: int
+    encode: Callable[[list[Any]], torch.Tensor]
+    record: dict[str, Any] = field(default_factory=dict)
+    num_parameters: int = 0
+
+
 class Policy(nn.Module):
     """Base class of every case's head.
 
@@ -173,6 +194,9 @@ class Policy(nn.Module):
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
     # Feature names (keys of the features dict) this case consumes; the FeatureProvider computes only these.
     required_features: ClassVar[tuple[str, ...]] = ("vision", "text")
+    # Features only the loss needs (Case 4's future frames): computed for training, validation and offline
+    # evaluation, never at inference.
+    training_features: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PolicyConfig, dims: FeatureDims | Mapping[str, Any] | Any) -> None:
         super().__init__()
@@ -193,7 +217,9 @@ class Policy(nn.Module):
 
     @property
     def history_length(self) -> int:
-        """Frames per sample: 1, or W for history-window cases (their features get a time axis, (B, W, ...))."""
+        """Frames per sample: 1, or W for history-window cases. Such a case either asks for ``history_*``
+        features (per-frame features of the last W frames, ``(B, W, ...)``, plus ``history_mask``; Case 4) or
+        takes windows in ``batch["image"]`` (then its ``vision``/``image_tokens`` get the time axis)."""
         return 1
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,11 +234,31 @@ class Policy(nn.Module):
         loss = self.action_criterion(outputs["action"], target)
         return loss, {"action_loss": float(loss.detach())}
 
+    @classmethod
+    def prepare_features(
+        cls, config: PolicyConfig, device: str = "cpu"
+    ) -> tuple[PolicyConfig, dict[str, ExtraFeature]]:
+        """Build the frozen encoders this case needs beyond the backbone (none by default).
+
+        Returns the config with whatever was resolved recorded in it (Case 2: which CLIP was used, whether
+        it is pretrained) and ``{feature name: ExtraFeature}``. Called before the head is built, since the
+        head's input sizes depend on the features' sizes.
+        """
+        return config, {}
+
+    def feature_names(self, training: bool = False) -> tuple[str, ...]:
+        """The features to compute: ``required_features``, plus ``training_features`` when a loss is needed."""
+        extra = (
+            tuple(n for n in self.training_features if n not in self.required_features) if training else ()
+        )
+        return tuple(self.required_features) + extra
+
     def dataset_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments for the dataset this case trains on (none for single-frame cases).
 
         Cases that need more than one frame (Case 4: a history window, an action chunk, future frames, task
-        labels) return them here, e.g. ``{"history": 4, "action_chunk": 5}``; the trainer passes them on.
+        labels) return them here (``{"history": 4, "chunk": 5, "horizon": 5}``); the trainer then builds a
+        ``mobile_vla.data.windows.WindowDataset`` with them instead of an ``EpisodeDataset``.
         """
         return {}
 

@@ -63,6 +63,7 @@ def load_run(
     whose backbone fingerprint or action dims differ is refused (``CheckpointMismatchError``).
     """
     from mobile_vla.training.checkpoints import load_head
+    from mobile_vla.training.features import FeatureProvider
     from mobile_vla.training.trainer import read_run_config, resolve_device
 
     run_dir = resolve_run_dir(run_dir)
@@ -78,14 +79,13 @@ def load_run(
         spec = dict(record["backbone"]["spec"])
         spec.update(device=device)
         backbone = create_backbone(**spec)
-    if feature_provider is None:
-        from mobile_vla.training.cached_features import inference_feature_provider
-
-        # In-memory feature cache: instructions encoded once, history frames once per step (not W times).
-        feature_provider = inference_feature_provider(backbone)
-    provider = feature_provider
+    provider = feature_provider or FeatureProvider(backbone)
     dims = FeatureDims.from_dict(record["feature_dims"])
     policy = policy_from_config(record["case"], record["policy"], dims)
+    # Frozen encoders beyond the backbone (Case 2's CLIP), rebuilt exactly as recorded (no fallback then).
+    _, extra_features = type(policy).prepare_features(policy.config, device)
+    if extra_features:
+        provider.add_extra_features(extra_features)
     path = run_dir / f"{checkpoint}.safetensors"
     if not path.is_file() and checkpoint == "best" and (run_dir / "last.safetensors").is_file():
         path = run_dir / "last.safetensors"
@@ -97,6 +97,37 @@ def load_run(
     )
     policy.to(device).eval()
     return policy, provider, record
+
+
+class FrameHistory:
+    """The current episode's last ``length`` frames and their per-frame features, each frame encoded once.
+
+    A frame pushed without features (``InferencePolicy.observe``) is encoded when a window first needs it.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.frames: list[Image.Image] = []
+        self.features: list[dict[str, torch.Tensor] | None] = []
+
+    def clear(self) -> None:
+        self.frames, self.features = [], []
+
+    def push(self, frame: Image.Image, features: dict[str, torch.Tensor] | None = None) -> None:
+        self.frames = [*self.frames, frame][-self.length :]
+        self.features = [*self.features, features][-self.length :]
+
+    def window(self, provider: Any, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({name: (W, ...)}, mask (W,))``: the last W frames' features, front-padded like the dataset."""
+        from mobile_vla.data.windows import pad_history
+
+        missing = [i for i, f in enumerate(self.features) if f is None or any(n not in f for n in names)]
+        if missing:
+            out = provider({"image": [self.frames[i] for i in missing]}, list(names))
+            for j, i in enumerate(missing):
+                self.features[i] = {n: out[n][j] for n in names}
+        window, mask = pad_history(self.features, self.length)
+        return {n: torch.stack([f[n] for f in window]) for n in names}, mask
 
 
 class InferencePolicy:
@@ -119,7 +150,15 @@ class InferencePolicy:
         self.device = device
         self.action_dims: tuple[str, ...] = tuple(record["action_dims"])
         self.timings: dict[str, float] = {}
-        self._history: deque[Any] = deque(maxlen=max(self.history_length, 1))
+        self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
+        # Heads that ask for ``history_*`` features (Case 4) get them from per-frame features, each frame
+        # encoded once when it arrives, and a padding mask, as the window dataset gives them in training.
+        from mobile_vla.training.features import HISTORY_FEATURES
+
+        self._per_frame_history = self.history_length > 1 and any(
+            name in HISTORY_FEATURES for name in self.policy.required_features
+        )
+        self._frames = FrameHistory(self.history_length)
 
     @property
     def case(self) -> str:
@@ -149,6 +188,20 @@ class InferencePolicy:
     def reset(self) -> None:
         """Start a new episode: forget the frame history (a no-op for single-frame cases)."""
         self._history.clear()
+        self._frames.clear()
+
+    def observe(self, image: np.ndarray | Image.Image) -> None:
+        """Add a frame to the episode's history without predicting (e.g. a step answered from a stored
+        chunk), so the window stays the consecutive frames the policy was trained on."""
+        if self.history_length == 1:
+            return
+        from mobile_vla.training.features import to_pil
+
+        frame = to_pil(image)
+        if self._per_frame_history:
+            self._frames.push(frame)
+        else:
+            self._history.append(frame)
 
     def act(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
         """One velocity command ``(A,)`` (float32) for the next frame of the current episode."""
@@ -192,17 +245,46 @@ class InferencePolicy:
         frame = to_pil(image)
         if self.history_length == 1:
             return self._forward([frame], [instruction], t0)
-        # A cached provider encodes each frame once, when it arrives, however many windows it stays in.
-        from mobile_vla.data.cache import FrameRef
-
-        self._history.append(FrameRef.live(frame) if getattr(self.provider, "lazy_images", False) else frame)
+        if self._per_frame_history:
+            return self._step_per_frame(frame, instruction, t0)
+        self._history.append(frame)
         window = list(self._history)
         window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
         return self._forward([window], [instruction], t0)
 
+    def _step_per_frame(self, frame: Image.Image, instruction: str, t0: float) -> dict[str, np.ndarray]:
+        """One step of a case that asks for ``history_*`` features: the new frame's features are computed
+        once, the window is assembled from the stored ones (front-padded, with its mask)."""
+        from mobile_vla.training.features import HISTORY_FEATURES
+
+        t1 = time.perf_counter()
+        names = tuple(self.policy.required_features)
+        windowed = [n for n in names if n in HISTORY_FEATURES]
+        per_frame = sorted({HISTORY_FEATURES[n] for n in windowed})
+        current = [n for n in names if n not in HISTORY_FEATURES and n != "history_mask"]
+        computed = self.provider(
+            {"image": [frame], "text": [instruction]}, list(dict.fromkeys(current + per_frame))
+        )
+        self._frames.push(frame, {n: computed[n][0] for n in per_frame})
+        window, mask = self._frames.window(self.provider, per_frame)
+        features = {n: computed[n] for n in current}
+        features.update({n: window[HISTORY_FEATURES[n]][None] for n in windowed})  # (1, W, ...)
+        if "history_mask" in names:
+            features["history_mask"] = mask[None]  # (1, W)
+        return self._run_head(features, t0, t1)
+
     def _forward(self, images: list[Any], instructions: list[str], t0: float) -> dict[str, np.ndarray]:
         t1 = time.perf_counter()
-        features = self.provider({"image": images, "text": instructions}, self.policy.required_features)
+        batch: dict[str, Any] = {"image": images, "text": instructions}
+        if self._per_frame_history:  # act_batch: each frame alone, as an episode's first
+            windows = [w if isinstance(w, list) else [w] for w in images]
+            batch["image"] = [w[-1] for w in windows]
+            batch["history_images"] = windows
+            batch["history_mask"] = torch.tensor([[False] * (len(w) - 1) + [True] for w in windows])
+        features = self.provider(batch, self.policy.required_features)
+        return self._run_head(features, t0, t1)
+
+    def _run_head(self, features: Mapping[str, torch.Tensor], t0: float, t1: float) -> dict[str, np.ndarray]:
         features = {k: v.to(device=self.device, dtype=torch.float32) for k, v in features.items()}
         t2 = time.perf_counter()
         with torch.no_grad():

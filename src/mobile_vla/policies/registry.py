@@ -11,12 +11,13 @@ Adding a case is one new module with one ``@register_case`` function; nothing el
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mobile_vla.policies.base import FeatureDims, Policy, PolicyConfig
+from mobile_vla.policies.base import ExtraFeature, FeatureDims, Policy, PolicyConfig
 
 # Modules that register cases when imported. A new case adds its module name here (the only other edit).
 CASE_MODULES: tuple[str, ...] = ("mobile_vla.policies.case1",)
@@ -51,8 +52,9 @@ class CaseSpec:
 
     @property
     def architecture(self) -> str:
-        """The head's class name: two cases with the same architecture show the same value."""
-        return self.policy_class.__name__
+        """The head's architecture: two cases with the same architecture show the same value (a class that
+        only renames another, like Case 3's, says whose architecture it runs in an ``architecture`` attribute)."""
+        return str(getattr(self.policy_class, "architecture", self.policy_class.__name__))
 
     @property
     def model_class(self) -> str:
@@ -152,6 +154,25 @@ def create_policy(name: str, dims: FeatureDims | Mapping[str, Any] | Any, **over
     policy = spec.policy_class(config, FeatureDims.coerce(dims))
     policy.case_name = spec.name
     return policy
+
+
+def build_policy(
+    name: str, dims: FeatureDims | Mapping[str, Any] | Any, *, device: str = "cpu", **overrides: Any
+) -> tuple[Policy, dict[str, ExtraFeature]]:
+    """``create_policy`` plus the frozen encoders the case needs beyond the backbone (Case 2's CLIP).
+
+    Returns the head, whose ``config`` records what the encoders resolved to, and ``{name: ExtraFeature}``
+    for the feature provider; ``dims`` is extended with the extra features' sizes.
+    """
+    spec = get_case(name)
+    config = spec.config.replace(**overrides) if overrides else spec.config
+    config, extra = spec.policy_class.prepare_features(config, device)
+    dims = FeatureDims.coerce(dims)
+    if extra:
+        dims = dataclasses.replace(dims, extra={**dims.extra, **{k: int(f.dim) for k, f in extra.items()}})
+    policy = spec.policy_class(config, dims)
+    policy.case_name = spec.name
+    return policy, extra
 
 
 def policy_from_config(case: str, config: Mapping[str, Any], dims: FeatureDims | Mapping[str, Any]) -> Policy:

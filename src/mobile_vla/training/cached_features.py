@@ -213,16 +213,4 @@ def feature_provider_for(
     return CachedFeatureProvider(backbone, cache, **kwargs)
 
 
-def inference_feature_provider(
-    backbone: Any, *, memory_bytes: int = 256 << 20, **kwargs: Any
-) -> FeatureProvider:
-    """The provider of a control loop (`InferencePolicy`): features in memory only, nothing on disk.
-
-    Each instruction is encoded once; each camera frame, handed over as `FrameRef.live(frame)`, is encoded
-    once when it arrives and read back while it stays in a history window (Case 4 sees W frames per step but
-    pays one backbone pass per step).
-    """
-    return CachedFeatureProvider(backbone, FeatureCache(memory_bytes=memory_bytes, persist=False), **kwargs)
-
-
-__all__ = ["CachedFeatureProvider", "feature_provider_for", "inference_feature_provider"]
+__all__ = ["CachedFeatureProvider", "feature_provider_for"]

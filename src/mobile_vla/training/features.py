@@ -9,6 +9,9 @@ Features are named. A ``FeatureSource`` says which batch key feeds a feature and
     "vision"       <- batch["image"]  via backbone.encode_images        (B, Dv)
     "text"         <- batch["text"]   via backbone.encode_texts         (B, Dt)   cached per distinct string
     "image_tokens" <- batch["image"]  via backbone.encode_image_tokens  (B, N, Dtok)
+    "history_tokens" / "history_vision" <- batch["history_images"]       (B, W, N, Dtok) / (B, W, Dv)
+    "history_mask" <- batch["history_mask"] as is                       (B, W)
+    "future_vision" <- batch["future_images"] via encode_images         (B, H, Dv)
 
 Cases that need more (Case 2's CLIP embedding, Case 4's future frames) register a source with
 ``register_feature_source`` (or pass ``extra_sources`` to one provider). A batch entry that is a list of
@@ -39,7 +42,8 @@ class FeatureSource:
     Attributes:
         batch_key: the collated batch entry the feature is computed from (``image``, ``text``, ...).
         encode: ``encode(provider, inputs) -> Tensor`` with ``len(inputs)`` rows.
-        kind: ``image`` or ``text``; text features are cached per distinct string.
+        kind: ``image``, ``text`` (cached per distinct string) or ``tensor`` (a batch tensor passed through,
+            e.g. a history mask).
     """
 
     batch_key: str
@@ -59,11 +63,25 @@ def _encode_text(provider: FeatureProvider, texts: list[Any]) -> torch.Tensor:
     return provider.backbone.encode_texts(texts)
 
 
+def _stack_tensors(provider: FeatureProvider, values: list[Any]) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(v) for v in values]).to(provider.device)
+
+
 FEATURE_SOURCES: dict[str, FeatureSource] = {
     "vision": FeatureSource("image", _encode_vision, "image"),
     "text": FeatureSource("text", _encode_text, "text"),
     "image_tokens": FeatureSource("image", _encode_tokens, "image"),
+    # History windows and future frames (mobile_vla.data.windows.WindowDataset): (B, W, ...) / (B, H, ...).
+    "history_vision": FeatureSource("history_images", _encode_vision, "image"),
+    "history_tokens": FeatureSource("history_images", _encode_tokens, "image"),
+    "history_mask": FeatureSource("history_mask", _stack_tensors, "tensor"),
+    "future_vision": FeatureSource("future_images", _encode_vision, "image"),
 }
+
+
+# A history-window feature is the window of a per-frame feature: inference encodes each frame once and
+# assembles the window from stored per-frame features (``policies.inference.FrameHistory``).
+HISTORY_FEATURES: dict[str, str] = {"history_tokens": "image_tokens", "history_vision": "vision"}
 
 
 def register_feature_source(name: str, source: FeatureSource, *, overwrite: bool = False) -> None:
@@ -198,6 +216,13 @@ class FeatureProvider:
                     self._text_cache.clear()
                 self._text_cache[key] = source.encode(self, [text])[0]  # (Dt,), encoded alone
         return torch.stack([self._text_cache[(name, t)] for t in texts])  # (B, Dt)
+
+    def add_extra_features(self, extra: Mapping[str, Any]) -> None:
+        """Compute the named ``ExtraFeature``s of a case (e.g. Case 2's ``clip_image``) with their encoders."""
+        for name, feature in extra.items():
+            self.extra_sources[name] = FeatureSource(
+                feature.batch_key, lambda provider, inputs, f=feature: f.encode(inputs), "image"
+            )
 
     def clear_cache(self) -> None:
         self._text_cache.clear()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mobile_vla.policies import FeatureDims, Policy, create_policy, get_case
+from mobile_vla.policies import FeatureDims, Policy, build_policy, get_case
 from mobile_vla.training.checkpoints import (
     load_resume_state,
     save_head,
@@ -162,10 +162,11 @@ def predict_dataset(
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0, epoch=0, num_workers=0)
     policy.eval()
     preds, targets, episode_ids, frame_indices = [], [], [], []
+    chunks: dict[str, list[np.ndarray]] = {"chunk_predictions": [], "chunk_targets": [], "chunk_mask": []}
     loss_sum, n = 0.0, 0
     with torch.no_grad():
         for batch in _progress(loader, progress, desc):
-            features = _to_device(provider(batch, policy.required_features), device)
+            features = _to_device(provider(batch, policy.feature_names(training=True)), device)
             outputs = policy(features)
             loss, _ = policy.compute_loss(outputs, batch)
             b = len(batch["action"])
@@ -175,8 +176,12 @@ def predict_dataset(
             targets.append(batch["action"].float().cpu().numpy())
             episode_ids += list(batch.get("episode_id", [""] * b))
             frame_indices += [int(i) for i in batch.get("frame_index", [-1] * b)]
+            if "action_chunk" in outputs and "action_chunk" in batch:  # chunking cases (Case 4)
+                chunks["chunk_predictions"].append(outputs["action_chunk"].float().cpu().numpy())
+                chunks["chunk_targets"].append(batch["action_chunk"].float().cpu().numpy())
+                chunks["chunk_mask"].append(batch["action_chunk_mask"].bool().cpu().numpy())
     a = len(policy.action_dims)
-    return {
+    out = {
         "predictions": np.concatenate(preds) if preds else np.zeros((0, a), np.float32),
         "targets": np.concatenate(targets) if targets else np.zeros((0, a), np.float32),
         "loss": loss_sum / n if n else float("nan"),
@@ -184,6 +189,9 @@ def predict_dataset(
         "episode_ids": episode_ids,
         "frame_indices": frame_indices,
     }
+    if chunks["chunk_predictions"]:
+        out.update({k: np.concatenate(v) for k, v in chunks.items()})
+    return out
 
 
 def _to_device(features: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -308,6 +316,7 @@ class Trainer:
             load_episodes,
             split_episodes,
         )
+        from mobile_vla.data.windows import WindowDataset
 
         cfg = self.config
         listed = isinstance(self.data, (list, tuple))
@@ -332,10 +341,13 @@ class Trainer:
             raise ValueError(f"the split left no training episodes ({len(episodes)} episodes in {self.data})")
         by_id = {e.episode_id: e for e in episodes}
 
+        # Cases that see more than one frame (Case 4) train on windows: history, action chunk, future frames.
+        dataset_class = WindowDataset if extra else EpisodeDataset
+
         def make(part: str, frame_selection: str) -> Any:
             if not split[part]:
                 return None
-            return EpisodeDataset(
+            return dataset_class(
                 [by_id[i] for i in split[part]],
                 frame_selection=frame_selection,
                 action_dims=tuple(action_dims),
@@ -374,7 +386,11 @@ class Trainer:
         seed_everything(cfg.seed)
 
         dims = FeatureDims.from_backbone(self.backbone)
-        policy = create_policy(cfg.case, dims, **cfg.policy).to(self.device)
+        # A resumed run rebuilds the head from its recorded config (e.g. the CLIP Case 2 actually used).
+        policy_config = self._run_record["policy"] if self._run_record is not None else cfg.policy
+        policy, extra_features = build_policy(cfg.case, dims, device=self.device, **policy_config)
+        policy = policy.to(self.device)
+        self.provider.add_extra_features(extra_features)
         policy.configure_training(cfg)
         self.policy = policy
         self._train_model = self.dist.wrap(policy)  # DistributedDataParallel when distributed
@@ -420,8 +436,9 @@ class Trainer:
                 "policy": policy.config.to_dict(),
                 "train": cfg.to_dict(),
                 "backbone": backbone_record(self.backbone),
-                "feature_dims": dims.to_dict(),
+                "feature_dims": policy.dims.to_dict(),
                 "required_features": list(policy.required_features),
+                "extra_features": {name: f.record for name, f in extra_features.items()},
                 "data": data_record,
                 "action_dims": list(policy.action_dims),
                 "code_version": code_version(),
@@ -579,7 +596,7 @@ class Trainer:
         loss_sum, n = 0.0, 0
         logs_sum: dict[str, float] = {}
         for batch in _progress(loader, self.progress, f"train {epoch}"):
-            features = _to_device(self.provider(batch, policy.required_features), self.device)
+            features = _to_device(self.provider(batch, policy.feature_names(training=True)), self.device)
             outputs = self._train_model(features)
             loss, logs = policy.compute_loss(outputs, batch)
             if not torch.isfinite(loss):
