@@ -130,3 +130,21 @@ def test_the_cache_can_be_turned_off_from_the_environment(backbone, monkeypatch)
     monkeypatch.setenv("MOBILE_VLA_FEATURE_CACHE", "0")
     provider = feature_provider_for(backbone)
     assert type(provider) is FeatureProvider
+
+
+@pytest.mark.parametrize(
+    ("case", "kinds"),
+    [("case2", {"image_tokens", "clip_image", "text"}), ("case4", {"vision", "image_tokens", "text"})],
+)
+def test_tokens_clip_features_and_history_windows_are_cached_too(case, kinds, episodes, backbone, tmp_path):
+    """Case 2 adds image tokens and a CLIP feature; Case 4 history windows and future frames."""
+    cache = FeatureCache(tmp_path / "cache", durable=False)
+    provider = CachedFeatureProvider(backbone, cache)
+    # One window per episode keeps Case 4's (large) head quick; its windows still span several frames.
+    config = _config(case=case, frame_selection="first", eval_frame_selection="first")
+    _, counter = _train(config, episodes, tmp_path / "run", backbone, provider)
+    (images_1, _), (images_2, _) = counter.per_epoch
+    assert 0 < images_1 <= 4 * 18 and images_2 == images_1  # each frame once, pooled and tokens in one pass
+    assert {kind for record in cache.info()["backbones"] for kind in record["kinds"]} == kinds
+    if case == "case2":  # the CLIP embedding is cached under the CLIP encoder's own fingerprint
+        assert "clip_image" in provider.source_fingerprints
