@@ -53,6 +53,11 @@ class CountingBackbone:
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
+    @property
+    def image_items(self) -> int:
+        """Frames through the image encoder, whichever method (each is one pass)."""
+        return sum(n for name, n in self.items.items() if name != "encode_texts")
+
     def _pixels(self, images) -> torch.Tensor:
         small = [
             np.asarray(Image.fromarray(np.asarray(im)).resize((4, 4)), np.float32) / 255 for im in images
@@ -127,7 +132,7 @@ def test_second_epoch_makes_zero_backbone_calls(episodes_dir, cache):
     cached = CachedBackbone(backbone, cache)
     dataset = EpisodeDataset(episodes_dir)
     first = _epoch(cached, dataset)
-    assert backbone.items["encode_images"] == len(dataset) == 3 * 18
+    assert backbone.image_items == len(dataset) == 3 * 18
     assert backbone.items["encode_texts"] == len({e.instruction for e in dataset.episodes})
     calls_after_first = backbone.total_calls
     assert cache.stats.misses == len(dataset) + backbone.items["encode_texts"]
@@ -166,22 +171,33 @@ def test_only_missing_frames_are_encoded_and_repeats_once(episodes_dir, cache):
     cached.image_features([FrameRef(episode, 2)])
     refs = [FrameRef(episode, f) for f in (2, 3, 3, 4, 2)]
     out = cached.image_features(refs)["vision"]
-    assert backbone.items["encode_images"] == 1 + 2  # frame 2 earlier, then 3 and 4 once each
+    assert backbone.image_items == 1 + 2  # frame 2 earlier, then 3 and 4 once each
     assert out.shape == (5, backbone.vision_dim)
     assert torch.equal(out[1], out[2]) and torch.equal(out[0], out[4])
 
 
-def test_vision_and_tokens_missing_together_take_one_backbone_pass(episodes_dir, cache):
+def test_a_frame_costs_one_pass_whichever_kinds_are_asked_for_later(episodes_dir, cache):
     backbone = CountingBackbone()
     cached = CachedBackbone(backbone, cache)
     episode = read_episode(sorted(episodes_dir.glob("*.h5"))[0])
-    cached.image_features([FrameRef(episode, 0)], ("vision",))
+    cached.image_features([FrameRef(episode, 0)], ("vision",))  # a Case 1 run: its pass keeps the tokens
+    cached.image_features([FrameRef(episode, 1)], ("image_tokens",))  # a Case 2 run: keeps the pooled one
     out = cached.image_features([FrameRef(episode, f) for f in range(3)], ("vision", "image_tokens"))
-    # frame 0 lacks only its tokens; frames 1 and 2 lack both and share one pass
-    assert backbone.items == {"encode_images": 1, "encode_image_tokens": 1, "encode_images_with_tokens": 2}
+    assert backbone.items == {"encode_images_with_tokens": 3}  # frames 0, 1, 2: one pass each
     assert out["image_tokens"].shape == (3, backbone.num_image_tokens, backbone.token_dim)
     images = [Image.fromarray(episode.image(f)) for f in range(3)]
     torch.testing.assert_close(out["image_tokens"], backbone.encode_image_tokens(images))
+    torch.testing.assert_close(out["vision"], backbone.encode_images(images))
+
+
+def test_without_keep_tokens_only_what_is_asked_for_is_stored(episodes_dir, cache):
+    backbone = CountingBackbone()
+    cached = CachedBackbone(backbone, cache, keep_tokens=False)
+    episode = read_episode(sorted(episodes_dir.glob("*.h5"))[0])
+    cached.image_features([FrameRef(episode, 0)], ("vision",))
+    cached.image_features([FrameRef(episode, f) for f in range(3)], ("vision", "image_tokens"))
+    # frame 0 lacks only its tokens; frames 1 and 2 lack both and share one pass
+    assert backbone.items == {"encode_images": 1, "encode_image_tokens": 1, "encode_images_with_tokens": 2}
 
 
 def test_instructions_are_cached_per_distinct_string_and_encoded_alone(cache):
@@ -199,7 +215,7 @@ def test_a_changed_episode_file_invalidates_only_its_entries(episodes_dir, cache
     backbone = CountingBackbone()
     cached = CachedBackbone(backbone, cache)
     _epoch(cached, EpisodeDataset(episodes_dir))
-    before = backbone.items["encode_images"]
+    before = backbone.image_items
 
     path = sorted(episodes_dir.glob("*.h5"))[1]
     old = read_episode(path)
@@ -208,7 +224,7 @@ def test_a_changed_episode_file_invalidates_only_its_entries(episodes_dir, cache
     write_episode(path, images, old.actions, old.event_types, attrs=old.attrs)
 
     _epoch(cached, EpisodeDataset(episodes_dir))
-    assert backbone.items["encode_images"] - before == old.num_frames  # the changed file's frames only
+    assert backbone.image_items - before == old.num_frames  # the changed file's frames only
 
 
 def test_a_changed_backbone_invalidates_its_entries(episodes_dir, cache):
@@ -217,7 +233,7 @@ def test_a_changed_backbone_invalidates_its_entries(episodes_dir, cache):
     _epoch(CachedBackbone(first, cache), dataset)
     other = CountingBackbone("bbbb2222", seed=1)  # e.g. new weights or preprocessing
     (vision, _), *_ = _epoch(CachedBackbone(other, cache), dataset)
-    assert other.items["encode_images"] == len(dataset)
+    assert other.image_items == len(dataset)
     images = [dataset[i]["image"] for i in range(len(dataset))]
     torch.testing.assert_close(vision, other.encode_images(images[: len(vision)]))
     assert sorted(r["fingerprint_hash"] for r in cache.backbones()) == ["aaaa1111", "bbbb2222"]

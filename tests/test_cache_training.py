@@ -134,7 +134,10 @@ def test_the_cache_can_be_turned_off_from_the_environment(backbone, monkeypatch)
 
 @pytest.mark.parametrize(
     ("case", "kinds"),
-    [("case2", {"image_tokens", "clip_image", "text"}), ("case4", {"vision", "image_tokens", "text"})],
+    [
+        ("case2", {"vision", "image_tokens", "clip_image", "text"}),
+        ("case4", {"vision", "image_tokens", "text"}),
+    ],
 )
 def test_tokens_clip_features_and_history_windows_are_cached_too(case, kinds, episodes, backbone, tmp_path):
     """Case 2 adds image tokens and a CLIP feature; Case 4 history windows and future frames."""

@@ -483,18 +483,23 @@ class CachedBackbone:
     """A frozen backbone whose features go through a `FeatureCache`.
 
     `image_features` / `text_features` return exactly what `backbone.encode_*` would, computing each frame's
-    and each distinct string's features at most once per cache. When a frame misses both `vision` and
-    `image_tokens` and the backbone has `encode_images_with_tokens`, one pass computes both.
+    and each distinct string's features at most once per cache. A backbone with `encode_images_with_tokens`
+    computes pooled features and tokens in one pass, so both are computed (and, with `keep_tokens`, both
+    stored) whenever either is missing: a frame then costs one pass, whichever cases ask for it later.
 
     Args:
         backbone: a `mobile_vla.backbones.Backbone` (anything with `fingerprint_hash` and the `encode_*`
             methods of docs/CONTRACTS.md).
         cache: the cache; default a `FeatureCache` at the default root.
+        keep_tokens: store the image tokens a pass computes even when only pooled features were asked for
+            (a later resampler case then costs no pass). Disk per frame: 256 x 1024 float32 = 1 MiB for
+            Kosmos-2, 49 x 1280 = 245 KiB for `lite`.
     """
 
-    def __init__(self, backbone: Any, cache: FeatureCache | None = None):
+    def __init__(self, backbone: Any, cache: FeatureCache | None = None, *, keep_tokens: bool = True):
         self.backbone = backbone
         self.cache = cache if cache is not None else FeatureCache()
+        self.keep_tokens = keep_tokens
         self.fingerprint_hash = str(backbone.fingerprint_hash)
         self.cache.describe_backbone(self.fingerprint_hash, getattr(backbone, "fingerprint", None))
 
@@ -531,12 +536,21 @@ class CachedBackbone:
         for i, ref in enumerate(refs):
             by_key.setdefault(ref.key, i)
 
+        joint = self.keep_tokens and hasattr(self.backbone, "encode_images_with_tokens")
+
         def compute(missing: list[str], kinds_: tuple[str, ...]) -> dict[str, torch.Tensor]:
             inputs = []
             for key in missing:
                 i = by_key[key]
                 inputs.append(images[i] if images is not None else refs[i].load_image())
-            return self._encode_images(inputs, kinds_)
+            if not joint or len(kinds_) != 1:
+                return self._encode_images(inputs, kinds_)
+            out = self._encode_images(inputs, IMAGE_KINDS)  # the same single pass: keep the other kind too
+            (other,) = set(IMAGE_KINDS) - set(kinds_)
+            for key, feature in zip(missing, out[other], strict=True):
+                if not self.cache.contains(self.fingerprint_hash, other, key):
+                    self.cache.store(self.fingerprint_hash, other, key, feature)
+            return {kinds_[0]: out[kinds_[0]]}
 
         return self.cache.get_or_compute(
             self.fingerprint_hash, kinds, [r.key for r in refs], compute, device=self.device
@@ -575,7 +589,7 @@ def build_cache(
     unknown = [k for k in kinds if k not in IMAGE_KINDS]
     if unknown:
         raise ValueError(f"build_cache computes {IMAGE_KINDS}, got unknown kinds {unknown}")
-    cached = CachedBackbone(backbone, cache)
+    cached = CachedBackbone(backbone, cache, keep_tokens="image_tokens" in kinds)
     before = CacheStats(**cached.cache.stats.to_dict())
     episodes = list(episodes)
     refs = [FrameRef(e, f) for e in episodes for f in range(e.num_frames)]

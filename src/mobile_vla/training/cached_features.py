@@ -43,6 +43,8 @@ class CachedFeatureProvider(FeatureProvider):
         source_fingerprints: `{feature name: fingerprint hash of its encoder}` for features that do not come
             from `backbone` (a feature with no fingerprint here is never cached: nothing would tell a changed
             encoder's entries from the old ones).
+        keep_tokens: keep both the pooled features and the image tokens of every backbone pass, so a frame
+            costs one pass whichever cases ask for it (see `CachedBackbone`).
         **kwargs: passed to `FeatureProvider`.
 
     `cache.stats` counts hits, misses and encoder calls; `timings` as in `FeatureProvider`.
@@ -57,10 +59,11 @@ class CachedFeatureProvider(FeatureProvider):
         *,
         extra_sources: Mapping[str, FeatureSource] | None = None,
         source_fingerprints: Mapping[str, str] | None = None,
+        keep_tokens: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, extra_sources=extra_sources, **kwargs)
-        self.cached = CachedBackbone(backbone, cache)
+        self.cached = CachedBackbone(backbone, cache, keep_tokens=keep_tokens)
         self.cache = self.cached.cache
         self.source_fingerprints = dict(source_fingerprints or {})
 
