@@ -1,5 +1,6 @@
 """The frozen-feature cache: one backbone pass per frame ever, safe on disk, invalidated by content."""
 
+import json
 import os
 import signal
 import subprocess
@@ -393,3 +394,31 @@ def test_keys_cannot_escape_the_cache_directory(cache):
         frame_key("../../etc", 0)
     with pytest.raises(ValueError, match="backbone hash"):
         cache.entry_path("..", "vision", text_key("x"))
+
+
+def test_cache_cli_builds_reports_and_clears(episodes_dir, tmp_path, monkeypatch, capsys):
+    from mobile_vla.cli import main
+
+    monkeypatch.setenv("MOBILE_VLA_CACHE", str(tmp_path / "home"))
+
+    def cli(*args: str) -> tuple[int, str]:
+        code = main(["cache", *args])
+        return code, capsys.readouterr().out
+
+    code, out = cli("build", str(episodes_dir), "--backbone", "kosmos2-tiny", "--device", "cpu")
+    assert code == 0 and "3 episodes, 54 frames" in out and "computed 56 features" in out  # 54 + 2 texts
+    code, out = cli("build", str(episodes_dir), "--backbone", "kosmos2-tiny", "--device", "cpu", "--tokens")
+    assert code == 0 and "computed 54 features" in out  # only the tokens were missing
+
+    (record,) = json.loads(cli("info", "--json")[1])["backbones"]
+    assert record["profile"] == "kosmos2-tiny"
+    assert {k: v["entries"] for k, v in record["kinds"].items()} == {
+        "image_tokens": 54,
+        "text": 2,
+        "vision": 54,
+    }
+    assert "kosmos2-tiny" in cli("info")[1]
+
+    assert cli("clear", "--backbone", "lite")[0] == 1  # no entries of that backbone
+    assert cli("clear", "--backbone", "kosmos2-tiny")[0] == 0
+    assert json.loads(cli("info", "--json")[1])["entries"] == 0
