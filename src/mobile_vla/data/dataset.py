@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mobile_vla.data.cache import FrameRef
 from mobile_vla.data.episodes import ACTION_AXES, Episode, read_episode
 from mobile_vla.data.validation import find_episode_files, validate_episode
 
@@ -68,6 +69,8 @@ class EpisodeDataset(Dataset):
         strict: raise on an invalid episode instead of skipping it.
         seed: seed of the `random` frame draws.
         episode_ids: keep only these episodes (file stems), e.g. one part of `split_episodes`.
+        lazy_images: put a `FrameRef` (the frame, not yet read) in `image` instead of a PIL image, for a
+            feature provider that may have the frame's features cached (`CachedFeatureProvider`).
 
     Items: `{"image": PIL.Image, "action": FloatTensor(A), "text": str, "episode_id": str,
     "frame_index": int, "scenario": str}`.
@@ -82,6 +85,7 @@ class EpisodeDataset(Dataset):
         strict: bool = False,
         seed: int = 0,
         episode_ids: Iterable[str] | None = None,
+        lazy_images: bool = False,
     ):
         if frame_selection not in FRAME_SELECTIONS:
             raise ValueError(f"frame_selection must be one of {FRAME_SELECTIONS}, got {frame_selection!r}")
@@ -114,6 +118,7 @@ class EpisodeDataset(Dataset):
         self.drop_start_frame = drop_start_frame
         self.seed = seed
         self.epoch = 0
+        self.lazy_images = lazy_images
         self.frame_refs: list[tuple[int, int]] = self._select_frames()
 
     def _usable_frames(self, episode: Episode) -> range:
@@ -155,7 +160,7 @@ class EpisodeDataset(Dataset):
         episode = self.episodes[episode_index]
         scenario = episode.scenario
         return {
-            "image": Image.fromarray(episode.image(frame)),
+            "image": FrameRef(episode, frame) if self.lazy_images else Image.fromarray(episode.image(frame)),
             "action": torch.from_numpy(episode.actions[frame, self._axis_index].copy()),
             "text": episode.instruction,
             "episode_id": episode.episode_id,

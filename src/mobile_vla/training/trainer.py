@@ -37,6 +37,7 @@ from mobile_vla.training.checkpoints import (
     save_resume_state,
 )
 from mobile_vla.training.config import TrainConfig
+from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler, scratch_run_dir
 from mobile_vla.training.features import FeatureProvider
 
 logger = logging.getLogger(__name__)
@@ -118,17 +119,29 @@ def backbone_record(backbone: Any) -> dict[str, Any]:
 
 
 def make_loader(
-    dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int, num_workers: int
+    dataset: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    num_workers: int,
+    context: DistributedContext | None = None,
 ) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    With a distributed ``context``, this rank's slice of each global batch (``GlobalBatchSampler``).
+    """
     from mobile_vla.data.dataset import collate_batch
 
-    generator = torch.Generator()
+    generator = torch.Generator()  # also seeds the workers, so loading never draws from the global RNG
     generator.manual_seed(seed * 100_003 + epoch)
+    sampler = GlobalBatchSampler(
+        len(dataset), batch_size, context or DistributedContext(), shuffle=shuffle, seed=seed, epoch=epoch
+    )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        batch_sampler=sampler,
         generator=generator,
         collate_fn=collate_batch,
         num_workers=num_workers,
@@ -219,7 +232,8 @@ class Trainer:
         out_dir: the run directory; must not already hold a run unless ``resume``-ing.
         backbone: an already-built backbone to use (else built from ``config``); when resuming it must have
             the fingerprint recorded in ``config.json``.
-        feature_provider: computes features (defaults to ``FeatureProvider(backbone)``); the place for a cache.
+        feature_provider: computes features (default: ``CachedFeatureProvider``, the backbone's features through
+            the on-disk feature cache; ``MOBILE_VLA_FEATURE_CACHE=0`` gives the plain ``FeatureProvider``).
         callbacks: ``Callback`` objects called at run start, each epoch end and run end.
         progress: show tqdm progress bars.
     """
@@ -239,8 +253,10 @@ class Trainer:
         self.data = data
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        # Under torchrun / accelerate launch (WORLD_SIZE > 1): one data-parallel rank of several.
+        self.dist = DistributedContext.from_env(config.device)
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device(resolve_device(config.device))
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self._resuming = False
@@ -249,7 +265,12 @@ class Trainer:
         if feature_provider is not None:
             backbone = feature_provider.backbone
         self.backbone = backbone if backbone is not None else build_backbone(config, self.device)
-        self.provider = feature_provider or FeatureProvider(self.backbone)
+        if feature_provider is None:
+            from mobile_vla.training.cached_features import feature_provider_for
+
+            # The backbone is frozen, so its features go through the on-disk feature cache.
+            feature_provider = feature_provider_for(self.backbone)
+        self.provider = feature_provider
         self.policy: Policy | None = None
         self.datasets: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -332,6 +353,7 @@ class Trainer:
                 action_dims=tuple(action_dims),
                 drop_start_frame=cfg.drop_start_frame,
                 seed=cfg.seed,
+                lazy_images=getattr(self.provider, "lazy_images", False),
                 **extra,
             )
 
@@ -350,6 +372,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` or early stopping; returns the summary (also in ``summary.json``)."""
         cfg = self.config
+        self.dist.init()
+        if not self.dist.is_main:
+            # Rank 0 alone writes the run directory; the other ranks write the same files into a scratch copy.
+            self.out_dir = scratch_run_dir(self.out_dir, self.dist.rank, resuming=self._resuming)
+            self.callbacks = []
         run_dir = self.out_dir
         if not self._resuming and (run_dir / "config.json").exists():
             raise FileExistsError(
@@ -366,6 +393,7 @@ class Trainer:
         self.provider.add_extra_features(extra_features)
         policy.configure_training(cfg)
         self.policy = policy
+        self._train_model = self.dist.wrap(policy)  # DistributedDataParallel when distributed
         if (
             self._run_record is not None
             and self._run_record["backbone"]["fingerprint_hash"] != self.backbone.fingerprint_hash
@@ -556,14 +584,20 @@ class Trainer:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         loader = make_loader(
-            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, num_workers=cfg.num_workers
+            dataset,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            num_workers=cfg.num_workers,
+            context=self.dist,
         )
         policy.train()
         loss_sum, n = 0.0, 0
         logs_sum: dict[str, float] = {}
         for batch in _progress(loader, self.progress, f"train {epoch}"):
             features = _to_device(self.provider(batch, policy.feature_names(training=True)), self.device)
-            outputs = policy(features)
+            outputs = self._train_model(features)
             loss, logs = policy.compute_loss(outputs, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -579,6 +613,12 @@ class Trainer:
             n += b
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * b
+        # Every rank reports the epoch's loss over all ranks' samples.
+        totals = self.dist.all_reduce_sums(
+            {"loss": loss_sum, "n": n, **{f"log/{k}": v for k, v in logs_sum.items()}}
+        )
+        loss_sum, n = totals["loss"], int(totals["n"])
+        logs_sum = {k: totals[f"log/{k}"] for k in logs_sum}
         return loss_sum / max(n, 1), {k: v / max(n, 1) for k, v in logs_sum.items()}, n
 
     # --- bookkeeping ----------------------------------------------------------------------------------------
