@@ -145,7 +145,9 @@ def run_demo(
         overrides["epochs"] = min(preset.epochs, plan.epochs)
         config = resolve_train_config(case, None, overrides)
         run_dir = out / "runs" / case
-        print(f"   - {case}: {config.epochs} epochs max, patience {config.early_stopping_patience}", flush=True)
+        print(
+            f"   - {case}: {config.epochs} epochs max, patience {config.early_stopping_patience}", flush=True
+        )
         trainer = Trainer(
             config,
             data_dir,
