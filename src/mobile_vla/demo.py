@@ -88,6 +88,7 @@ def run_demo(
 
     from mobile_vla.backbones import create_backbone
     from mobile_vla.data import EpisodeDataset, validate_episode
+    from mobile_vla.data.cache import build_cache
     from mobile_vla.data.validation import find_episode_files
     from mobile_vla.evaluation.evaluate import evaluate_run
     from mobile_vla.policies import load_policy
@@ -128,8 +129,8 @@ def run_demo(
     t = _step(f"3/6 building the frozen-feature cache ({plan.backbone} backbone)")
     backbone = create_backbone(plan.backbone, device="auto")
     episodes = EpisodeDataset(data_dir).episodes
-    provider = _feature_provider(backbone)
-    _warm_cache(provider, episodes, progress)
+    stats = build_cache(backbone, episodes, kinds=("vision", "image_tokens"), progress=progress)
+    print(f"   {stats}")
     _done(t)
 
     registry = open_registry()
@@ -237,21 +238,3 @@ def _fmt_rate(result: dict[str, Any]) -> str:
     if interval:
         text += f" [{100 * interval[0]:.0f}%, {100 * interval[1]:.0f}%]"
     return text + f" (n={result['n']} episodes)"
-
-
-def _feature_provider(backbone: Any) -> Any:
-    try:
-        from mobile_vla.training.cached_features import feature_provider_for
-    except ImportError:  # no disk cache available: features are computed in process
-        from mobile_vla.training.features import FeatureProvider
-
-        return FeatureProvider(backbone)
-    return feature_provider_for(backbone)
-
-
-def _warm_cache(provider: Any, episodes: list[Any], progress: bool) -> None:
-    try:
-        from mobile_vla.data.cache import build_cache
-    except ImportError:
-        return
-    build_cache(provider, episodes, progress=progress)
