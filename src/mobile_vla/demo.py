@@ -207,8 +207,7 @@ def run_demo(
             test_mae_interval=ci["mae"],
             test_n=offline["n"],
             closed_loop_success=rate,
-            closed_loop_interval=closed.get("success_rate_interval")
-            or closed.get("intervals", {}).get("success_rate"),
+            closed_loop_interval=closed.get("success_rate_ci95"),
             closed_loop_n=closed["n"],
         )
     expert = evaluate_closed_loop(
