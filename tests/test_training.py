@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mobile_vla.data.dataset import EpisodeDataset
+from mobile_vla.data.episodes import instruction_for_side
 from mobile_vla.policies import create_policy
 from mobile_vla.training.config import TrainConfig, resolve_train_config
 from mobile_vla.training.features import FeatureProvider
@@ -316,3 +317,21 @@ def test_train_cli_has_a_flag_for_every_recipe_field_and_layers_them(tmp_path, c
         and config.drop_start_frame
     )
     assert config.weight_decay == 1e-3  # untouched fields keep the preset
+
+
+def test_instruction_features_are_standardised_from_the_training_split(episodes, tmp_path):
+    """Left and right instructions differ by one word; the head sees them standardised, far apart."""
+    trainer, _ = _train(episodes, tmp_path / "run", epochs=1)
+    policy = trainer.policy
+    assert torch.count_nonzero(policy.text_mean) > 0 and not torch.allclose(
+        policy.text_std, torch.ones_like(policy.text_std)
+    )
+    left, right = (instruction_for_side(side) for side in ("left", "right"))
+    raw = trainer.provider({"text": [left, right]}, ["text"])["text"]
+    standardised = ((raw - policy.text_mean) / policy.text_std).clamp(-10, 10)
+    raw_cos = torch.nn.functional.cosine_similarity(raw[0], raw[1], dim=0)
+    std_cos = torch.nn.functional.cosine_similarity(standardised[0], standardised[1], dim=0)
+    assert std_cos < raw_cos - 0.5  # the one-word difference now dominates
+    # The statistics travel with the checkpoint: a reloaded head holds the same buffers.
+    saved = load_file(tmp_path / "run" / "best.safetensors")
+    assert torch.equal(saved["text_mean"], policy.text_mean.cpu())

@@ -210,6 +210,19 @@ class Policy(nn.Module):
         self.case_name: str | None = None
         # The recipe's action loss; the trainer replaces it from TrainConfig.huber_delta (configure_training).
         self.action_criterion: nn.Module = nn.HuberLoss(delta=0.1)
+        # Instruction-feature standardisation (a departure from the seed, which fed raw text features): the
+        # lab's instructions differ in one word ("left"/"right"), and a sentence encoder puts them almost on
+        # top of each other (all-MiniLM-L6-v2: cosine 0.995), so the one thing the text must tell the head is
+        # a tiny offset on a large shared vector. The trainer sets these from the training split's
+        # instructions (`set_text_stats`); they are buffers, so the checkpoint carries them. Identity until set.
+        self.register_buffer("text_mean", torch.zeros(self.dims.text))
+        self.register_buffer("text_std", torch.ones(self.dims.text))
+        self.register_forward_pre_hook(_standardise_text)
+
+    def set_text_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise the `text` feature as (text - mean) / std from now on (std floored at 1e-3)."""
+        self.text_mean.copy_(mean.to(self.text_mean))
+        self.text_std.copy_(std.to(self.text_std).clamp_min(1e-3))
 
     @property
     def action_dims(self) -> tuple[str, ...]:
@@ -278,3 +291,20 @@ class Policy(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+TEXT_CLIP = 10.0
+"""Standardised text features are clipped to +-this: an instruction unlike any seen in training (a paraphrase)
+would otherwise land far outside what the head was trained on."""
+
+
+def _standardise_text(module: Policy, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook: every case sees standardised instruction features, per sample."""
+    if not args or not isinstance(args[0], Mapping) or "text" not in args[0]:
+        return None
+    features = dict(args[0])
+    text = features["text"]
+    features["text"] = ((text - module.text_mean.to(text)) / module.text_std.to(text)).clamp(
+        -TEXT_CLIP, TEXT_CLIP
+    )
+    return (features, *args[1:])

@@ -369,6 +369,23 @@ class Trainer:
         return datasets, data_record
 
     # --- the run ------------------------------------------------------------------------------------------
+    def _set_text_stats(self, policy: Policy, train_set: Any) -> None:
+        """Standardise instruction features with the training split's statistics (weighted by episode).
+
+        With a single distinct instruction the text carries no information and stays as it is."""
+        texts = [episode.instruction for episode in train_set.episodes]
+        unique = sorted(set(texts))
+        if len(unique) < 2:
+            return
+        with torch.no_grad():
+            features = self.provider({"text": unique}, ["text"])["text"].float().cpu()  # (U, Dt)
+        weights = torch.tensor([texts.count(t) for t in unique], dtype=torch.float32)
+        weights = (weights / weights.sum())[:, None]  # (U, 1)
+        mean = (weights * features).sum(0)  # (Dt,)
+        std = ((weights * (features - mean) ** 2).sum(0)).sqrt()  # (Dt,)
+        policy.set_text_stats(mean, std)
+        logger.info("instruction features standardised over %d distinct instructions", len(unique))
+
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` or early stopping; returns the summary (also in ``summary.json``)."""
         cfg = self.config
@@ -405,6 +422,8 @@ class Trainer:
             )
         datasets, data_record = self._datasets(policy.action_dims, policy.dataset_kwargs())
         self.datasets = datasets
+        if not self._resuming:
+            self._set_text_stats(policy, datasets["train"])
 
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
