@@ -11,6 +11,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Commands that record runs write to $MOBILE_VLA_HOME/mlruns: never the repository during tests.
 os.environ["MOBILE_VLA_HOME"] = tempfile.mkdtemp(prefix="mobile-vla-tests-")
+os.environ["MOBILE_VLA_CACHE"] = tempfile.mkdtemp(prefix="mobile-vla-cache-")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 # Small tensors are far slower with 2 threads than 1 when the cores are shared (tests run beside
