@@ -94,25 +94,15 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from mobile_vla.data.episodes import Scenario
-    from mobile_vla.data.synthetic import all_scenarios, write_synthetic_episode
+    from mobile_vla.data.synthetic import write_synthetic_dataset
 
     try:
         height, width = (int(v) for v in args.image_size.lower().split("x"))
     except ValueError:
         print(f"error: --image-size must look like 720x1280, got {args.image_size!r}", file=sys.stderr)
         return 2
-    for i in tqdm(range(args.episodes), desc="synthetic episodes", unit="ep"):
-        base = all_scenarios()[i % 8]
-        scenario = Scenario(
-            base.num_boxes,
-            base.layout,
-            base.side,
-            ("core", "variant")[(i // 8) % 2],
-            ("close", "medium", "far")[(i // 16) % 3],
-        )
-        write_synthetic_episode(args.out, scenario, seed=args.seed * 100_000 + i, image_size=(height, width))
-    print(f"wrote {args.episodes} episodes to {args.out}")
+    paths = write_synthetic_dataset(
+        args.out, episodes=args.episodes, seed=args.seed, image_size=(height, width), progress=True
+    )
+    print(f"wrote {len(paths)} episodes to {args.out}")
     return 0

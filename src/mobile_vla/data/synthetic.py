@@ -115,11 +115,17 @@ def all_scenarios() -> list[Scenario]:
 
 
 def write_synthetic_dataset(
-    out_dir: str | Path, episodes: int = 16, seed: int = 0, image_size: tuple[int, int] = (720, 1280)
+    out_dir: str | Path,
+    episodes: int = 16,
+    seed: int = 0,
+    image_size: tuple[int, int] = (720, 1280),
+    progress: bool = False,
 ) -> list[Path]:
     """`episodes` synthetic episodes spread over the eight scenarios, core/variant and the three distances."""
+    from tqdm import tqdm
+
     paths = []
-    for i in range(episodes):
+    for i in tqdm(range(episodes), desc="synthetic episodes", unit="ep", disable=not progress):
         base = all_scenarios()[i % 8]
         scenario = Scenario(
             base.num_boxes,
