@@ -158,3 +158,47 @@ def test_stats_cli_reports_scenarios_actions_and_saves_a_plot(episodes_dir, tmp_
     assert set(stats["actions"]["linear_y"]["values"]) <= {"-1.15", "0", "1.15"}
     assert stats["per_pattern"] == {"core": 8, "variant": 4}
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("ratios", [(0, 0.5, 0.5), (0.1, 0.45, 0.45), (0.34, 0.33, 0.33)])
+def test_no_split_ever_shares_an_episode_or_loses_one(ratios):
+    for ids in (["a", "b", "c"], ["a", "b", "c", "d"], [f"e{i}" for i in range(7)]):
+        try:
+            split = split_episodes(ids, ratios=ratios)
+        except ValueError as exc:
+            assert "train" in str(exc) or "cannot split" in str(exc)
+            continue
+        parts = [split[k] for k in ("train", "val", "test")]
+        assert sum(len(p) for p in parts) == len(ids) and set().union(*map(set, parts)) == set(ids)
+        assert len(parts[0]) >= 1
+
+
+def test_a_split_without_train_episodes_is_refused():
+    with pytest.raises(ValueError, match="train"):
+        split_episodes(["a", "b", "c"], ratios=(0, 0.5, 0.5))
+    with pytest.raises(ValueError, match="ratios"):
+        split_episodes(["a", "b", "c"], ratios=(float("nan"), 0.5, 0.5))
+
+
+def test_one_episode_id_in_two_folders_is_loaded_once_and_the_other_named(tmp_path, caplog):
+    for folder in ("day1", "day2"):
+        write_synthetic_episode(tmp_path / folder, Scenario(1, "vert", "left"), seed=1, image_size=(16, 16))
+    dataset = EpisodeDataset(tmp_path)
+    assert len(dataset.episodes) == 1 and len(dataset.skipped) == 1
+    assert "duplicate episode id" in dataset.skipped[0][1]
+    assert "day1" in dataset.skipped[0][1] + dataset.skipped[0][0]
+    # Episode identity is one definition: the split and the evaluation see the same single id.
+    assert len({e.episode_id for e in dataset.episodes}) == len(dataset.episodes)
+    with pytest.raises(ValueError, match="unique"):
+        EpisodeDataset(dataset.episodes * 2)
+
+
+def test_an_unknown_provenance_is_an_error_not_real(tmp_path):
+    path = tmp_path / "x_1box_vert_left.h5"
+    write_episode(path, np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 3)), attrs={"provenance": "simulated"})
+    from mobile_vla.data import validate_episode
+
+    report = validate_episode(path)
+    assert not report.ok and any("attrs/provenance" in e and "simulated" in e for e in report.errors)
+    dataset = EpisodeDataset(tmp_path)
+    assert dataset.episodes == [] and "provenance" in dataset.skipped[0][1]

@@ -148,3 +148,17 @@ def test_a_new_case_is_one_decorator_and_needs_no_other_edit():
     finally:
         unregister_case("test_linear_case")
     assert "test_linear_case" not in available_cases()
+
+
+@pytest.mark.parametrize("case", ["case1", "case3"])
+def test_predict_applies_the_text_standardisation_like_a_call(case):
+    dims = FeatureDims(vision=48, text=40)
+    policy = create_policy(case, dims).eval()
+    g = torch.Generator().manual_seed(3)
+    policy.set_text_stats(torch.randn(dims.text, generator=g), torch.rand(dims.text, generator=g) + 0.5)
+    batch = _features(dims, 4)
+    with torch.no_grad():
+        called = policy(batch)["action"]
+        raw = policy.forward(batch)["action"]
+    torch.testing.assert_close(policy.predict(batch), called)
+    assert not torch.allclose(raw, called)  # the stats matter, so skipping the hook would show

@@ -38,12 +38,19 @@ def load_episodes(
         paths = [Path(p) for p in source]
     episodes: list[Episode] = []
     skipped: list[tuple[str, str]] = []
+    seen: dict[str, Path] = {}
     for path in paths:
         report = validate_episode(path)
         reason = "; ".join(report.errors)
+        if report.ok and path.stem in seen:
+            # Episode identity is the file stem everywhere (splits, caches, evaluation, the registry): a second
+            # file with the same stem would be trained on twice and evaluated as one, so it is not loaded.
+            report.ok = False
+            reason = f"duplicate episode id {path.stem!r}: already loaded from {seen[path.stem]}"
         if report.ok:
             try:
                 episodes.append(read_episode(path))
+                seen[path.stem] = path
                 continue
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -101,6 +108,10 @@ class EpisodeDataset(Dataset):
             and isinstance(source[0], Episode)
         ):
             episodes, self.skipped = list(source), []
+            ids = [e.episode_id for e in episodes]
+            if len(set(ids)) != len(ids):
+                dup = sorted({i for i in ids if ids.count(i) > 1})
+                raise ValueError(f"episode ids must be unique (the file stem); repeated: {dup[:5]}")
         else:
             episodes, self.skipped = load_episodes(source, strict=strict)  # type: ignore[arg-type]
         if episode_ids is not None:
@@ -194,8 +205,15 @@ def split_episodes(
     With 3 or more episodes every part gets at least one. The ids are sorted first, so the split does not
     depend on the order the files were listed in.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
+    ratios = [float(r) for r in ratios]
+    if (
+        len(ratios) != 3
+        or any(not np.isfinite(r) or r < 0 for r in ratios)
+        or not np.isclose(sum(ratios), 1.0)
+    ):
         raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+    if ratios[0] == 0:
+        raise ValueError(f"ratios {ratios}: the train part must be > 0")
     ids = sorted(set(episode_ids))
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
@@ -205,7 +223,16 @@ def split_episodes(
     if n >= 3:
         n_val = max(n_val, 1) if ratios[1] > 0 else 0
         n_test = max(n_test, 1) if ratios[2] > 0 else 0
+    # Rounding up the small parts must never eat the train part (or overlap it): shrink the larger of
+    # val/test until at least one episode is left to train on.
+    while n_val + n_test > n - 1 and n_val + n_test > 0:
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
     n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"cannot split {n} episode(s) into train/val/test with ratios {ratios}")
     return {
         "train": sorted(shuffled[:n_train]),
         "val": sorted(shuffled[n_train : n_train + n_val]),

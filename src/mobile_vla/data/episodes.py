@@ -165,9 +165,17 @@ class Episode:
 
     @property
     def provenance(self) -> str:
-        """`real` (the robot's collector writes no provenance), `sim` or `synthetic`."""
+        """`real` (the robot's collector writes no provenance), `sim` or `synthetic`.
+
+        Any other value is an error, never a silent `real`: the registry ranks only real and simulated data,
+        so a typo must not promote synthetic episodes. `validate_episode` reports it as `attrs/provenance`.
+        """
         value = str(self.attrs.get("provenance", "real")).lower()
-        return value if value in PROVENANCES else "real"
+        if value not in PROVENANCES:
+            raise ValueError(
+                f"{self.path}: attrs/provenance is {value!r}; expected one of {list(PROVENANCES)}"
+            )
+        return value
 
     @cached_property
     def content_hash(self) -> str:

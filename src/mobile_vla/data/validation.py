@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mobile_vla.data.episodes import EVENT_TYPES, GENERIC_INSTRUCTION, parse_scenario
+from mobile_vla.data.episodes import EVENT_TYPES, GENERIC_INSTRUCTION, PROVENANCES, parse_scenario
 
 
 @dataclass
@@ -104,6 +104,11 @@ def validate_episode(path: str | Path, deep: bool = False) -> ValidationReport:
             report.error("frames", f"frame counts differ between datasets ({detail})")
         if counts:
             report.num_frames = counts.get("images", next(iter(counts.values())))
+        provenance = f.attrs.get("provenance")
+        if provenance is not None:
+            value = provenance.decode() if isinstance(provenance, bytes) else str(provenance)
+            if value.lower() not in PROVENANCES:
+                report.error("attrs/provenance", f"is {value!r}; expected one of {list(PROVENANCES)}")
         declared = f.attrs.get("num_frames")
         if declared is not None and report.num_frames is not None and int(declared) != report.num_frames:
             report.warn(

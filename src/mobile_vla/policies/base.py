@@ -280,12 +280,16 @@ class Policy(nn.Module):
         self.action_criterion = nn.HuberLoss(delta=float(train_config.huber_delta))
 
     def predict(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Eval-mode, no-grad action prediction ``(B, A)``; restores the previous train/eval mode."""
+        """Eval-mode, no-grad action prediction ``(B, A)``; restores the previous train/eval mode.
+
+        Goes through ``__call__`` (not ``forward``), so the forward pre-hooks, the text standardisation among
+        them, apply exactly as in training and in ``policy(features)``.
+        """
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                return self.forward(features)["action"]
+                return self(features)["action"]
         finally:
             self.train(was_training)
 
