@@ -4,6 +4,13 @@ A head checkpoint (``best.safetensors``, ``last.safetensors``) carries, in its s
 backbone fingerprint hash and the action dims it was trained with, so it can refuse to be loaded with
 anything else. The resume state (``resume/``) holds what is needed to continue a run exactly: optimizer and
 scheduler state, the torch / numpy / Python RNG states, the epoch and the early-stopping counters.
+
+The resume state is written as one unit: each save goes into a fresh sub-directory of ``resume/``
+(``epoch-00003-<unique>/`` with ``state.safetensors`` + ``state.json``, fsynced), and only then does the
+one-line manifest ``resume/CURRENT`` (replaced atomically) point at it; older sub-directories are removed
+after that. A crash at any instant therefore leaves ``CURRENT`` naming a complete state: the new one or the
+previous one, never half of each. (Before this, the two files were replaced one after the other, and a crash
+between the two writes left a state that could not be resumed, with the previous one already overwritten.)
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +36,18 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint was loaded with a backbone or action dims other than the ones it was trained with."""
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -187,8 +205,42 @@ def save_resume_state(
             "python": [py_state[0], list(py_state[1]), py_state[2]],
         },
     }
-    _atomic_save_file(tensors, directory / "state.safetensors", {"epoch": str(epoch)})
-    _atomic_write_text(directory / "state.json", json.dumps(state, indent=1))
+    # One unit: write a complete new state beside the current one, then switch the manifest to it.
+    name = f"epoch-{int(epoch):05d}-{os.getpid()}-{time.time_ns()}"
+    staging = directory / f".writing-{name}"
+    staging.mkdir()
+    save_file(tensors, str(staging / "state.safetensors"), metadata={"epoch": str(epoch)})
+    (staging / "state.json").write_text(json.dumps(state, indent=1))
+    for f in ("state.safetensors", "state.json"):
+        _fsync(staging / f)
+    os.replace(staging, directory / name)
+    _atomic_write_text(directory / MANIFEST, name + "\n")
+    for stale in directory.iterdir():
+        if stale.name != name and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    for legacy in ("state.safetensors", "state.json"):
+        (directory / legacy).unlink(missing_ok=True)
+    return directory
+
+
+MANIFEST = "CURRENT"
+"""The file in ``resume/`` naming the sub-directory that holds the last complete resume state."""
+
+
+def resume_state_dir(directory: str | Path) -> Path:
+    """The directory holding the last complete resume state under ``directory`` (``resume/``).
+
+    Follows ``CURRENT``; a ``resume/`` written before the manifest existed (the two files directly inside it)
+    is read as it is.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        name = manifest.read_text().strip()
+        target = directory / name
+        if not name or "/" in name or not target.is_dir():
+            raise FileNotFoundError(f"{manifest}: names {name!r}, which is not a resume state in {directory}")
+        return target
     return directory
 
 
@@ -196,7 +248,7 @@ def load_resume_state(
     directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG states; returns ``{"epoch": ..., "counters": {...}}``."""
-    directory = Path(directory)
+    directory = resume_state_dir(directory)
     json_path, tensor_path = directory / "state.json", directory / "state.safetensors"
     if not json_path.is_file() or not tensor_path.is_file():
         raise FileNotFoundError(
@@ -213,7 +265,9 @@ def load_resume_state(
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    # By device index as a number: sorted as strings, "rng.cuda.10" would come before "rng.cuda.2".
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.split(".")[-1]))
+    cuda_states = [tensors[k] for k in cuda_keys]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     np_meta = state["rng"]["numpy"]
