@@ -12,6 +12,7 @@ from mobile_vla.training.config import TrainConfig
 
 # Fields with their own, hand-written flags below.
 _SPECIAL = {"case", "backbone", "backbone_path", "policy", "split_ratios", "drop_start_frame"}
+_SPECIAL |= {"sampling", "variant_ratio", "class_balance", "class_weight_cap"}  # add_sampling_arguments
 
 
 def _parse_value(text: str) -> Any:
@@ -93,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     add_recipe_arguments(parser)
+    add_sampling_arguments(parser)
     from mobile_vla.registry import add_tracking_arguments
 
     add_tracking_arguments(parser)
@@ -141,3 +143,46 @@ def run(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     print(json.dumps(summary, indent=2))
     return 0 if summary["status"] == "finished" else 1
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling strategy's flags (``training.sampling``); unset flags stay None (preset/file decide)."""
+    group = parser.add_argument_group(
+        "sampling (which training items an epoch draws; recorded in config.json and the registry)",
+        "uniform: every training item once per epoch, shuffled (default). balanced: len(train) draws with "
+        "replacement, every scenario group (task x side x distance from the file name; unparsable names form "
+        "the group 'unknown') drawn equally often, a --variant-ratio share of draws from variant episodes, "
+        "and optionally frames weighted by action class. The draw depends only on (--seed, epoch), so "
+        "--resume and DDP ranks draw exactly what one uninterrupted process draws. "
+        "`mobile-vla data stats DIR` shows what each strategy draws.",
+    )
+    group.add_argument(
+        "--sampling",
+        dest="sampling",
+        choices=("uniform", "balanced"),
+        default=None,
+        help="sampling strategy (TrainConfig.sampling; default uniform)",
+    )
+    group.add_argument(
+        "--variant-ratio",
+        dest="variant_ratio",
+        default=None,
+        metavar="FRACTION|none",
+        help="with balanced: fraction of draws from variant episodes, e.g. 0.3 (core and unlabelled episodes "
+        "get the rest); none = as in the data (TrainConfig.variant_ratio; default none)",
+    )
+    group.add_argument(
+        "--class-balance",
+        dest="class_balance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with balanced and --frame-selection all: weight frames within each episode by the capped "
+        "inverse frequency of their action key class (W, A, D, Q, ..., STOP) (default: off)",
+    )
+    group.add_argument(
+        "--class-weight-cap",
+        dest="class_weight_cap",
+        type=float,
+        default=None,
+        help="largest class weight of --class-balance (TrainConfig.class_weight_cap; default 5.0)",
+    )

@@ -51,6 +51,16 @@ class TrainConfig:
         num_workers: DataLoader worker processes (0 = load in the main process).
         torch_threads: CPU threads for torch (0 = torch's default). On a shared or small CPU box, 1 can be
             10x faster than oversubscribed threads (measured: EfficientNet-Lite0 forward, 2 busy cores).
+        sampling: which training items an epoch draws (``training.sampling``): ``uniform`` (every item once,
+            shuffled; the seed's loop) or ``balanced`` (``len(train)`` draws with replacement, balanced over
+            scenario groups = task x side x distance, with ``variant_ratio`` of them from ``variant``
+            episodes). Seeded by (``seed``, epoch): resume and DDP ranks redraw the same samples.
+        variant_ratio: with ``balanced``, the fraction of draws from ``variant`` episodes (e.g. 0.3); None = the
+            share of ``variant`` episodes in the data.
+        class_balance: with ``balanced`` and ``frame_selection: all``, also weight frames within each episode by
+            the capped inverse frequency of their action (key) class, so rare keys (A, D, ...) are drawn more.
+        class_weight_cap: the largest class weight ``class_balance`` gives (inverse frequency relative to a
+            uniform mix of the classes present, e.g. 5.0).
     """
 
     case: str = "case1"
@@ -77,6 +87,10 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     torch_threads: int = 0
+    sampling: str = "uniform"
+    variant_ratio: float | None = None
+    class_balance: bool = False
+    class_weight_cap: float = 5.0
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(_as_float(r) for r in self.split_ratios)
@@ -114,6 +128,7 @@ class TrainConfig:
         _check(self.backbone_dtype in DTYPES, "backbone_dtype", self.backbone_dtype, f"one of {DTYPES}")
         device_ok = self.device in DEVICES or str(self.device).startswith("cuda:")
         _check(device_ok, "device", self.device, f"one of {DEVICES} or cuda:N")
+        self._check_sampling()
         ratios = self.split_ratios
         ratios_ok = len(ratios) == 3 and all(r >= 0 for r in ratios) and abs(sum(ratios) - 1.0) < 1e-6
         _check(
@@ -122,6 +137,34 @@ class TrainConfig:
             ratios,
             "three fractions >= 0 summing to 1, train > 0",
         )
+
+    def _check_sampling(self) -> None:
+        from mobile_vla.training.sampling import SAMPLING_STRATEGIES
+
+        _check(
+            self.sampling in SAMPLING_STRATEGIES, "sampling", self.sampling, f"one of {SAMPLING_STRATEGIES}"
+        )
+        ratio = self.variant_ratio
+        if isinstance(ratio, str) and ratio.strip().lower() in ("none", "null", "data", ""):
+            ratio = self.variant_ratio = None  # `--variant-ratio none`: as in the data
+        if ratio is not None:
+            ratio = self.variant_ratio = _as_float(ratio)
+            _check(_finite(ratio) and 0 <= ratio <= 1, "variant_ratio", ratio, "a fraction 0..1 or None")
+        _check(isinstance(self.class_balance, bool), "class_balance", self.class_balance, "true or false")
+        cap = self.class_weight_cap
+        _check(_finite(cap) and cap >= 1, "class_weight_cap", cap, "a number >= 1")
+        if self.sampling == "uniform":
+            _check(
+                ratio is None, "variant_ratio", ratio, "None with sampling: uniform (use sampling: balanced)"
+            )
+            _check(not self.class_balance, "class_balance", True, "false with sampling: uniform")
+        if self.class_balance:
+            _check(
+                self.frame_selection == "all",
+                "class_balance",
+                True,
+                f"used with frame_selection: all (frames are balanced within episodes; got {self.frame_selection!r})",
+            )
 
     # --- serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from mobile_vla.training.checkpoints import (
 from mobile_vla.training.config import TrainConfig
 from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler, scratch_run_dir
 from mobile_vla.training.features import FeatureProvider
+from mobile_vla.training.sampling import SamplingSettings, epoch_weights, sampling_record
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +128,27 @@ def make_loader(
     epoch: int,
     num_workers: int,
     context: DistributedContext | None = None,
+    weights: np.ndarray | None = None,
 ) -> DataLoader:
     """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
 
-    With a distributed ``context``, this rank's slice of each global batch (``GlobalBatchSampler``).
+    With a distributed ``context``, this rank's slice of each global batch (``GlobalBatchSampler``). With
+    ``weights`` (``training.sampling``), ``len(dataset)`` draws with replacement instead of a shuffle.
     """
     from mobile_vla.data.dataset import collate_batch
 
     generator = torch.Generator()  # also seeds the workers, so loading never draws from the global RNG
     generator.manual_seed(seed * 100_003 + epoch)
-    sampler = GlobalBatchSampler(
-        len(dataset), batch_size, context or DistributedContext(), shuffle=shuffle, seed=seed, epoch=epoch
-    )
+    if weights is not None:
+        from mobile_vla.training.sampling import WeightedGlobalBatchSampler
+
+        sampler = WeightedGlobalBatchSampler(
+            weights, batch_size, context or DistributedContext(), seed=seed, epoch=epoch
+        )
+    else:
+        sampler = GlobalBatchSampler(
+            len(dataset), batch_size, context or DistributedContext(), shuffle=shuffle, seed=seed, epoch=epoch
+        )
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -459,6 +469,7 @@ class Trainer:
                 "required_features": list(policy.required_features),
                 "extra_features": {name: f.record for name, f in extra_features.items()},
                 "data": data_record,
+                "sampling": sampling_record(datasets["train"], SamplingSettings.from_config(cfg)),
                 "action_dims": list(policy.action_dims),
                 "code_version": code_version(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -610,6 +621,7 @@ class Trainer:
             epoch=epoch,
             num_workers=cfg.num_workers,
             context=self.dist,
+            weights=epoch_weights(dataset, SamplingSettings.from_config(cfg)),
         )
         policy.train()
         loss_sum, n = 0.0, 0
