@@ -200,7 +200,9 @@ def map_stored_classes(stored: np.ndarray, names: Sequence[str] | None) -> np.nd
     if names is None:
         bad = stored[(stored < 0) | (stored >= NUM_KEY_CLASSES)]
         if bad.size:
-            raise ValueError(f"class index {int(bad[0])} outside 0..{NUM_KEY_CLASSES - 1} ({list(KEY_CLASSES)})")
+            raise ValueError(
+                f"class index {int(bad[0])} outside 0..{NUM_KEY_CLASSES - 1} ({list(KEY_CLASSES)})"
+            )
         return stored
     canon = [str(n).strip().upper() for n in names]
     unknown = [n for n in canon if n not in KEY_CLASSES]
