@@ -49,7 +49,9 @@ def load_episodes(
                 episode = read_episode(path)
                 if episode.is_session and not include_sessions:
                     logger.warning("leaving out %s: an inference-session log (evaluation data)", path)
-                    skipped.append((str(path), "inference-session log (evaluation data), not a demonstration"))
+                    skipped.append(
+                        (str(path), "inference-session log (evaluation data), not a demonstration")
+                    )
                     continue
                 episodes.append(episode)
                 continue
