@@ -192,6 +192,8 @@ def test_validate_cli_json_lists_every_file_and_exits_1(tmp_path):
             "num_frames",
             "scenario",
             "instruction",
+            "layout",
+            "instruction_source",
             "errors",
             "warnings",
         }

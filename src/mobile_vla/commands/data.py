@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 
 def register(subparsers) -> None:
@@ -57,13 +58,15 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         for r in reports:
             status = "ok     " if r.ok else "INVALID"
-            print(f"{status} {r.file}  frames={r.num_frames} scenario={r.scenario}")
+            print(f"{status} {r.file}  layout={r.layout} frames={r.num_frames} scenario={r.scenario}")
             for e in r.errors:
                 print(f"    error: {e}")
             for w in r.warnings:
                 print(f"    warning: {w}")
         bad = sum(not r.ok for r in reports)
+        layouts = Counter(r.layout or "unknown" for r in reports)
         print(f"\n{len(reports) - bad} of {len(reports)} episodes valid, {bad} invalid")
+        print("layouts: " + ", ".join(f"{k}={v}" for k, v in sorted(layouts.items())))
     if not reports:
         print(f"error: no *.h5 files under {args.dir}", file=sys.stderr)
         return 1

@@ -23,12 +23,15 @@ FRAME_SELECTIONS = ("first", "random", "all")
 
 
 def load_episodes(
-    source: str | Path | Sequence[str | Path], strict: bool = False
+    source: str | Path | Sequence[str | Path], strict: bool = False, include_sessions: bool = False
 ) -> tuple[list[Episode], list[tuple[str, str]]]:
-    """Open every episode in `source` (a directory, searched recursively, or a list of files).
+    """Open every episode in `source` (a directory, searched recursively, or a list of files), whatever its
+    layout (v3, v5, v6: detected from each file's keys).
 
     A file that fails validation is skipped with a logged error naming it (or raises when `strict`); returns
-    the episodes and the `(path, reason)` of each skipped file.
+    the episodes and the `(path, reason)` of each skipped file. Inference-session logs (`session` layout: the
+    actions are a model's commands, not a demonstration) are evaluation data: left out with a reason unless
+    `include_sessions`.
     """
     if isinstance(source, (str, Path)):
         paths = find_episode_files(source)
@@ -49,7 +52,14 @@ def load_episodes(
             reason = f"duplicate episode id {path.stem!r}: already loaded from {seen[path.stem]}"
         if report.ok:
             try:
-                episodes.append(read_episode(path))
+                episode = read_episode(path)
+                if episode.is_session and not include_sessions:
+                    logger.warning("leaving out %s: an inference-session log (evaluation data)", path)
+                    skipped.append(
+                        (str(path), "inference-session log (evaluation data), not a demonstration")
+                    )
+                    continue
+                episodes.append(episode)
                 seen[path.stem] = path
                 continue
             except Exception as exc:

@@ -15,10 +15,9 @@ Frames are never loaded all at once: `Episode.image(i)` reads one frame from dis
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,64 +25,104 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mobile_vla.data.scenarios import (  # noqa: F401  (re-exported: the episode API)
+    GENERIC_INSTRUCTION,
+    AnyScenario,
+    NamedScenario,
+    Scenario,
+    instruction_for_side,
+    match_scenario,
+    parse_scenario,
+)
+
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("episode_start", "start_action", "stop_action", "stop_inject")
 ACTION_AXES = ("linear_x", "linear_y", "angular_z")
 PROVENANCES = ("real", "sim", "synthetic")
-GENERIC_INSTRUCTION = "Navigate around obstacles and reach the front of the beverage bottle"
 
-_SCENARIO_RE = re.compile(
-    r"(?P<boxes>[12])box_(?P<layout>vert|hori)_(?P<side>left|right)"
-    r"(?:_(?P<pattern>core|variant))?(?:_(?P<distance>close|medium|far))?(?![a-z0-9])"
-)
+LAYOUTS = ("v3", "v5", "v6", "session")
+"""The HDF5 layouts the lab's collectors have written (see `detect_layout`)."""
 
+LAYOUT_DESCRIPTIONS = {
+    "v3": "top-level images [T,H,W,3] + actions [T,3] + action_event_types (the source document's collector)",
+    "v5": "observations/images (RGB frames or JPEG bytes) + actions + language_instruction; scenario attrs",
+    "v6": "top-level images + actions + action_event_types; attrs scenario/cx_position/cx_path; "
+    "optional action_classes",
+    "session": "an inference-session log (observations/images, actions = the model's commands, "
+    "runtime_config): evaluation data, not a training episode",
+}
 
-@dataclass(frozen=True)
-class Scenario:
-    """The lab's scenario, encoded in the episode file name: `{1box,2box}_{vert,hori}_{left,right}` then
-    optional `_{core,variant}` and `_{close,medium,far}`."""
-
-    num_boxes: int
-    layout: str
-    side: str
-    pattern: str | None = None
-    distance: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The task-level name (what the model is asked to do): e.g. `2box_vert_left`."""
-        return f"{self.num_boxes}box_{self.layout}_{self.side}"
-
-    @property
-    def full_name(self) -> str:
-        parts = [self.name, self.pattern, self.distance]
-        return "_".join(p for p in parts if p)
-
-    @property
-    def instruction(self) -> str:
-        return instruction_for_side(self.side)
+_V6_ATTRS = ("cx_position", "cx_path", "stop_inject_n")
 
 
-def parse_scenario(file_name: str | Path) -> Scenario | None:
-    """The scenario in a file name such as `episode_20250815_122923_2box_vert_left_core_medium.h5`, or None."""
-    match = _SCENARIO_RE.search(Path(file_name).name)
-    if match is None:
-        return None
-    return Scenario(
-        num_boxes=int(match["boxes"]),
-        layout=match["layout"],
-        side=match["side"],
-        pattern=match["pattern"],
-        distance=match["distance"],
-    )
+def detect_layout(f: h5py.File) -> str | None:
+    """The layout of an open file, from the keys and attributes present (never from its folder or name):
+
+    - `session`: `observations/images` and a `runtime_config` attribute or a `grounding` group;
+    - `v5`: `observations/images` otherwise;
+    - `v6`: top-level `images` with `action_classes` or any of the attributes `cx_position`, `cx_path`,
+      `stop_inject_n`, `scenario`;
+    - `v3`: top-level `images` otherwise.
+
+    None when the file has neither `images` nor `observations/images`.
+    """
+    obs = f.get("observations")
+    if isinstance(obs, h5py.Group) and "images" in obs:
+        if "runtime_config" in f.attrs or isinstance(f.get("grounding"), h5py.Group):
+            return "session"
+        return "v5"
+    if "images" in f:
+        if "action_classes" in f or any(k in f.attrs for k in (*_V6_ATTRS, "scenario")):
+            return "v6"
+        return "v3"
+    return None
 
 
-def instruction_for_side(side: str) -> str:
-    """The lab's instruction for a goal side (`left`/`right`)."""
-    if side not in ("left", "right"):
-        raise ValueError(f"goal side must be 'left' or 'right', got {side!r}")
-    return f"{GENERIC_INSTRUCTION} on the {side}"
+def image_key(layout: str) -> str:
+    return "observations/images" if layout in ("v5", "session") else "images"
+
+
+def image_encoding(ds: h5py.Dataset) -> str | None:
+    """`raw` for uint8 [T, H, W, 3] frames, `jpeg` for one encoded image per row (variable-length uint8,
+    opaque `np.void`, byte strings, or uint8 [T, L] padded buffers); None for anything else."""
+    dtype = ds.dtype
+    if ds.ndim == 4 and dtype == np.uint8:
+        return "raw"
+    if ds.ndim == 1:
+        vlen = h5py.check_vlen_dtype(dtype)
+        if vlen is not None and np.dtype(vlen) == np.uint8:
+            return "jpeg"
+        if dtype.kind in ("V", "S") or vlen is bytes or (dtype.kind == "O" and vlen is None):
+            return "jpeg"
+        if h5py.check_string_dtype(dtype) is not None:
+            return "jpeg"
+    if ds.ndim == 2 and dtype == np.uint8:
+        return "jpeg"
+    return None
+
+
+def _frame_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    if isinstance(value, np.void):
+        return value.tobytes()
+    return np.asarray(value).tobytes()
+
+
+def decode_jpeg(value: Any) -> np.ndarray:
+    """One stored encoded frame -> uint8 [H, W, 3] RGB."""
+    import io
+
+    from PIL import Image
+
+    data = _frame_bytes(value)
+    if not data:
+        raise ValueError("empty frame (0 bytes)")
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _decode(value: Any) -> Any:
@@ -98,26 +137,75 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def read_text(value: Any) -> str | None:
+    """A stored instruction as text: a str, utf-8 bytes, a scalar, or a one-element array of either (v5);
+    None when empty."""
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return None
+        # A 1-D uint8 array is the utf-8 bytes themselves; otherwise the first element.
+        value = value.tobytes() if value.dtype == np.uint8 and value.ndim == 1 else value.reshape(-1)[0]
+    if isinstance(value, np.void):
+        value = value.tobytes()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return None
+        value = value[0]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    text = str(value).strip().strip("\x00").strip()
+    return text or None
+
+
+def _attr_text(attrs: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = attrs.get(key)
+        if value not in (None, ""):
+            text = read_text(np.asarray(value) if isinstance(value, list) else value)
+            if text:
+                return text
+    return None
+
+
 class Episode:
-    """One episode file, opened lazily.
+    """One episode file, opened lazily, in any of the lab's layouts (`LAYOUTS`, detected from its keys).
 
     Metadata (actions, events, attributes) is read once on construction; frames are read one at a time from
-    disk by `image(i)`, so a dataset of hundreds of 720x1280 episodes never sits in memory.
+    disk by `image(i)` (JPEG-encoded frames are decoded then), so a dataset of hundreds of 720x1280 episodes
+    never sits in memory.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         with h5py.File(self.path, "r") as f:
-            for key in ("images", "actions"):
-                if key not in f:
-                    raise KeyError(f"{self.path}: missing dataset '{key}'")
-            images = f["images"]
-            if images.ndim != 4 or images.shape[-1] != 3:
-                raise ValueError(f"{self.path}: 'images' must be [T, H, W, 3], got shape {images.shape}")
-            self._image_shape = tuple(images.shape)
-            actions = np.asarray(f["actions"][()], dtype=np.float32)
+            layout = detect_layout(f)
+            if layout is None:
+                raise KeyError(
+                    f"{self.path}: missing dataset 'images' (or 'observations/images'); not an episode of any "
+                    f"known layout ({', '.join(LAYOUTS)})"
+                )
+            self.layout: str = layout
+            self._image_key = image_key(layout)
+            if "actions" not in f:
+                raise KeyError(f"{self.path}: missing dataset 'actions' ({layout} layout)")
+            images = f[self._image_key]
+            if not isinstance(images, h5py.Dataset):
+                raise ValueError(f"{self.path}: '{self._image_key}' is a group, expected a dataset")
+            encoding = image_encoding(images)
+            if encoding is None:
+                raise ValueError(
+                    f"{self.path}: '{self._image_key}' must be uint8 [T, H, W, 3] frames or one JPEG per row, "
+                    f"got {images.dtype} {list(images.shape)}"
+                )
+            self.image_encoding: str = encoding
+            self._num_frames = int(images.shape[0])
+            self._raw_shape = tuple(images.shape[1:3]) if encoding == "raw" else None
+            actions = np.asarray(f["actions"][()])
+            if actions.dtype.kind not in ("f", "i", "u"):
+                raise ValueError(f"{self.path}: 'actions' must be numbers, got dtype {actions.dtype}")
+            actions = actions.astype(np.float32)
             if actions.ndim != 2 or actions.shape[1] not in (2, 3):
-                raise ValueError(f"{self.path}: 'actions' must be [T, 3], got shape {actions.shape}")
+                raise ValueError(f"{self.path}: 'actions' must be [T, 3], got shape {list(actions.shape)}")
             if actions.shape[1] == 2:
                 actions = np.concatenate([actions, np.zeros((len(actions), 1), np.float32)], axis=1)
             self.actions: np.ndarray = actions
@@ -126,11 +214,35 @@ class Episode:
             else:
                 self.event_types = ["episode_start"] + ["start_action"] * (len(actions) - 1)
             stored = f["language_instruction"][()] if "language_instruction" in f else None
-            self._stored_instruction = None if stored is None else str(_decode(stored)).strip() or None
+            self._stored_instruction = None if stored is None else read_text(stored)
             self.attrs: dict[str, Any] = {k: _decode(v) for k, v in f.attrs.items()}
-        if len(self.actions) != self._image_shape[0]:
+            self.stored_action_classes: np.ndarray | None = None
+            if "action_classes" in f:
+                from mobile_vla.data.action_space import map_stored_classes, parse_class_names
+
+                ds = f["action_classes"]
+                names = parse_class_names(ds.attrs.get("action_space")) or parse_class_names(
+                    ds.attrs.get("class_names")
+                )
+                try:
+                    self.stored_action_classes = map_stored_classes(np.asarray(ds[()]).reshape(-1), names)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path}: 'action_classes': {exc}") from None
+                if len(self.stored_action_classes) != len(actions):
+                    raise ValueError(
+                        f"{self.path}: 'action_classes' has {len(self.stored_action_classes)} entries but "
+                        f"'actions' has {len(actions)}"
+                    )
+                self.class_attrs = {k: _decode(v) for k, v in ds.attrs.items()}
+        if len(self.actions) != self._num_frames:
             raise ValueError(
-                f"{self.path}: 'images' has {self._image_shape[0]} frames but 'actions' has {len(self.actions)}"
+                f"{self.path}: '{self._image_key}' has {self._num_frames} frames but 'actions' has "
+                f"{len(self.actions)}"
+            )
+        if len(self.event_types) != self._num_frames:
+            raise ValueError(
+                f"{self.path}: 'action_event_types' has {len(self.event_types)} entries for "
+                f"{self._num_frames} frames"
             )
 
     @property
@@ -139,29 +251,89 @@ class Episode:
 
     @property
     def num_frames(self) -> int:
-        return self._image_shape[0]
+        return self._num_frames
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored frames."""
-        return self._image_shape[1], self._image_shape[2]
+    def is_session(self) -> bool:
+        """An inference-session log: its actions are a model's commands, so it is evaluation data."""
+        return self.layout == "session"
 
     @cached_property
-    def scenario(self) -> Scenario | None:
-        return parse_scenario(self.path.name)
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the stored frames (JPEG frames: of the first one, decoded)."""
+        if self._raw_shape is not None:
+            return self._raw_shape  # type: ignore[return-value]
+        return tuple(self.image(0).shape[:2])  # type: ignore[return-value]
+
+    @cached_property
+    def scenario(self) -> AnyScenario | None:
+        """The scenario: the file's `scenario` attribute (v5/v6) through the scenario table, else the file
+        name. Unknown names give a `NamedScenario` with `known=False`."""
+        from mobile_vla.data.scenarios import named_scenario, parse_v5_name, parse_v6_name
+
+        attrs = self.attrs
+        stem = self.path.stem
+        if self.layout in ("v5", "v6", "session"):
+            from_name = (parse_v5_name(stem) if self.layout != "v6" else None) or {}
+            v6_name = (parse_v6_name(stem) if self.layout == "v6" else None) or {}
+            name = _attr_text(attrs, "scenario") or from_name.get("scenario")
+            position = _attr_text(attrs, "end_pos", "cx_position") or from_name.get("end_pos")
+            position = position or v6_name.get("cx_position")
+            if name is None and self.layout == "v6" and v6_name:
+                name = f"{v6_name['cx_position']}_{v6_name['cx_path']}"
+            if name is None:
+                return match_scenario(self.path.name)
+            return named_scenario(
+                name,
+                pattern=_attr_text(attrs, "pattern") or from_name.get("pattern"),
+                distance=_attr_text(attrs, "distance") or from_name.get("distance"),
+                position=position,
+                side=position,
+            )
+        return match_scenario(self.path.name)
+
+    @cached_property
+    def _instruction_and_source(self) -> tuple[str, str]:
+        if self._stored_instruction:
+            return self._stored_instruction, "file"
+        from_attrs = _attr_text(self.attrs, "language_instruction", "instruction")
+        if from_attrs is None and "runtime_config" in self.attrs:
+            try:
+                config = json.loads(str(self.attrs["runtime_config"]))
+            except ValueError:
+                config = {}
+            if isinstance(config, dict):
+                from_attrs = _attr_text(config, "instruction", "language_instruction")
+        if from_attrs:
+            return from_attrs, "attrs"
+        if self.scenario is not None and self.scenario.instruction:
+            return self.scenario.instruction, "scenario"
+        return GENERIC_INSTRUCTION, "generic"
 
     @property
     def instruction(self) -> str:
-        """The stored instruction, else the scenario's, else the generic task sentence."""
-        if self._stored_instruction:
-            return self._stored_instruction
-        if self.scenario is not None:
-            return self.scenario.instruction
-        return GENERIC_INSTRUCTION
+        """The stored instruction, else the attributes' (`language_instruction`/`instruction`, a session's
+        `runtime_config`), else the scenario's, else the generic task sentence."""
+        return self._instruction_and_source[0]
+
+    @property
+    def instruction_source(self) -> str:
+        """Where `instruction` came from: `file`, `attrs`, `scenario` or `generic`."""
+        return self._instruction_and_source[1]
 
     @property
     def has_stored_instruction(self) -> bool:
         return self._stored_instruction is not None
+
+    @cached_property
+    def action_classes(self) -> np.ndarray:
+        """The key class of each frame (`mobile_vla.data.action_space.KEY_CLASSES`): the file's own
+        `action_classes` when it has them, else derived from the velocities."""
+        if self.stored_action_classes is not None:
+            return self.stored_action_classes
+        from mobile_vla.data.action_space import action_classes_for
+
+        return action_classes_for(self.actions)
 
     @property
     def provenance(self) -> str:
@@ -187,15 +359,24 @@ class Episode:
         return digest.hexdigest()
 
     def image(self, index: int) -> np.ndarray:
-        """Frame `index` as uint8 [H, W, 3], read from disk."""
+        """Frame `index` as uint8 [H, W, 3], read from disk (and decoded, for JPEG frames)."""
         if not -self.num_frames <= index < self.num_frames:
             raise IndexError(f"{self.path}: frame {index} out of range (episode has {self.num_frames})")
         with h5py.File(self.path, "r") as f:
-            return np.asarray(f["images"][index], dtype=np.uint8)
+            value = f[self._image_key][index]
+        if self.image_encoding == "raw":
+            return np.asarray(value, dtype=np.uint8)
+        try:
+            return decode_jpeg(value)
+        except Exception as exc:
+            raise ValueError(
+                f"{self.path}: '{self._image_key}' frame {index} is not a decodable image "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def __repr__(self) -> str:
         scenario = self.scenario.full_name if self.scenario else "?"
-        return f"Episode({self.episode_id!r}, frames={self.num_frames}, scenario={scenario})"
+        return f"Episode({self.episode_id!r}, layout={self.layout}, frames={self.num_frames}, scenario={scenario})"
 
 
 def read_episode(path: str | Path) -> Episode:
