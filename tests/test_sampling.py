@@ -52,11 +52,19 @@ def imbalanced(tmp_path_factory):
 
 
 def test_action_classes_are_the_lab_keys():
-    assert [action_class(a) for a in ([1.15, 0, 0], [0, 1.15], [0, -1.15, 0], [-1.15, 0, 0])] == list("WADS")
-    assert [action_class(a) for a in ([1.15, 1.15], [1.15, -1.15], [-1.15, 1.15], [-1.15, -1.15])] == list(
-        "QEZC"
-    )
-    assert action_class([0, 0, 0]) == "STOP" and action_class([0.0, 0.0, 1.15]) == "ROTATE"
+    assert [action_class(a) for a in ([1.15, 0, 0], [0, 1.15], [0, -1.15, 0], [-1.15, 0, 0])] == [
+        "FORWARD",
+        "LEFT",
+        "RIGHT",
+        "BACK",
+    ]
+    assert [action_class(a) for a in ([1.15, 1.15], [1.15, -1.15], [-1.15, 1.15], [-1.15, -1.15])] == [
+        "FORWARD_LEFT",
+        "FORWARD_RIGHT",
+        "BACK_LEFT",
+        "BACK_RIGHT",
+    ]
+    assert action_class([0, 0, 0]) == "STOP" and action_class([0.0, 0.0, 1.15]) == "ROTATE_LEFT"
     assert action_class([0.05, -0.05, 0]) == "STOP"  # below the threshold
 
 
@@ -110,7 +118,9 @@ def test_class_balance_draws_rare_keys_more_and_keeps_the_scenario_shares(imbala
     weighted = draw_shares(imbalanced, item_weights(imbalanced, settings))
     assert weighted["scenario"] == pytest.approx(plain["scenario"])
     assert weighted["pattern"] == pytest.approx(plain["pattern"])
-    assert weighted["action_class"]["W"] < plain["action_class"]["W"]  # the majority key is drawn less
+    assert (
+        weighted["action_class"]["FORWARD"] < plain["action_class"]["FORWARD"]
+    )  # the majority key is drawn less
     rare = min(plain["action_class"], key=plain["action_class"].get)
     assert weighted["action_class"][rare] > plain["action_class"][rare]
     # Within an episode, frames are weighted by min(cap, 1 / (classes x class share)), the shares being the

@@ -39,41 +39,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from mobile_vla.data.action_space import KEY_CLASSES, action_classes_for
 from mobile_vla.data.episodes import Scenario
 from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler
 
 SAMPLING_STRATEGIES = ("uniform", "balanced")
 UNKNOWN_GROUP = "unknown"
 
-# Key classes of the lab's keyboard tele-operation (W forward, A left, ...; STOP = no motion).
-KEY_CLASSES = ("W", "A", "S", "D", "Q", "E", "Z", "C", "ROTATE", "STOP")
-_KEY_OF_SIGNS = {
-    (1, 0): "W",
-    (-1, 0): "S",
-    (0, 1): "A",
-    (0, -1): "D",
-    (1, 1): "Q",
-    (1, -1): "E",
-    (-1, 1): "Z",
-    (-1, -1): "C",
-}
 
-
-def action_class(action: Sequence[float] | np.ndarray, threshold: float = 0.1) -> str:
-    """The keyboard key class of one `[linear_x, linear_y(, angular_z)]` command (`W`, `Q`, `STOP`, ...).
-
-    A component counts when its magnitude exceeds `threshold` (the lab's keys are +-1.15 or 0). The single
-    place the sampler derives action classes: point it at issue 17's `data.action_space` mapping once that
-    exists.
-    """
-    a = np.asarray(action, dtype=np.float64).reshape(-1)
-    sx = int(np.sign(a[0])) if abs(a[0]) > threshold else 0
-    sy = int(np.sign(a[1])) if len(a) > 1 and abs(a[1]) > threshold else 0
-    if (sx, sy) != (0, 0):
-        return _KEY_OF_SIGNS[(sx, sy)]
-    if len(a) > 2 and abs(a[2]) > threshold:
-        return "ROTATE"
-    return "STOP"
+def action_class(action: Sequence[float] | np.ndarray) -> str:
+    """The lab's key class (`FORWARD`, `FORWARD_LEFT`, `STOP`, ...) of one `[linear_x, linear_y(, angular_z)]`
+    command: the one mapping of `mobile_vla.data.action_space`, so the sampler and the key-class head agree."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)[:3]
+    if a.size == 1:
+        a = np.array([a[0], 0.0])
+    return KEY_CLASSES[int(action_classes_for(a[None, :])[0])]
 
 
 def scenario_group(scenario: Scenario | None) -> str:
