@@ -163,7 +163,9 @@ def test_comparison_table_shows_every_metric_with_n_and_interval_per_dataset(lab
         "Status",
     ):
         assert column in header
-    row = next(line for line in table.splitlines() if "`c1_a`" in line and "| 60 frames / 4 episodes |" in line)
+    row = next(
+        line for line in table.splitlines() if "`c1_a`" in line and "| 60 frames / 4 episodes |" in line
+    )
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", row)  # MAE with its interval
     assert "| linear_y |" in table  # per-axis table
     assert "80.0% [" in table and "n=20" in table  # closed loop with n

@@ -194,8 +194,11 @@ def split_episodes(
     With 3 or more episodes every part gets at least one. The ids are sorted first, so the split does not
     depend on the order the files were listed in.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
-        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0) or ratios[0] <= 0:
+        raise ValueError(
+            f"ratios must be three non-negative numbers summing to 1 with a positive train share, got "
+            f"{list(ratios)}"
+        )
     ids = sorted(set(episode_ids))
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
@@ -206,6 +209,11 @@ def split_episodes(
         n_val = max(n_val, 1) if ratios[1] > 0 else 0
         n_test = max(n_test, 1) if ratios[2] > 0 else 0
     n_train = n - n_val - n_test
+    if n_train < 1 and n > 0:
+        raise ValueError(
+            f"ratios {list(ratios)} leave no training episode of {n} (val {n_val}, test {n_test}); "
+            "use more episodes or a larger train ratio"
+        )
     return {
         "train": sorted(shuffled[:n_train]),
         "val": sorted(shuffled[n_train : n_train + n_val]),

@@ -167,7 +167,12 @@ class Episode:
     def provenance(self) -> str:
         """`real` (the robot's collector writes no provenance), `sim` or `synthetic`."""
         value = str(self.attrs.get("provenance", "real")).lower()
-        return value if value in PROVENANCES else "real"
+        if value not in PROVENANCES:
+            raise ValueError(
+                f"{self.path}: attribute 'provenance' is {value!r}; expected one of {list(PROVENANCES)} "
+                "(or no attribute, for the robot's own recordings)"
+            )
+        return value
 
     @cached_property
     def content_hash(self) -> str:

@@ -285,7 +285,7 @@ class Policy(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                return self.forward(features)["action"]
+                return self(features)["action"]  # through __call__: the text pre-hook runs
         finally:
             self.train(was_training)
 

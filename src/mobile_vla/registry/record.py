@@ -270,9 +270,7 @@ def _closed_loop_block(block: Mapping[str, Any], prefix: str) -> dict[str, float
     ``{key}_ci95: [low, high]``; an ``intervals: {key: [low, high]}`` dict is read too.
     """
     out = {f"{prefix}/{k}": float(v) for k, v in block.items() if is_number(v)}
-    pairs = {
-        k[: -len(CI95_SUFFIX)]: v for k, v in block.items() if k.endswith(CI95_SUFFIX) and len(k) > 5
-    }
+    pairs = {k[: -len(CI95_SUFFIX)]: v for k, v in block.items() if k.endswith(CI95_SUFFIX) and len(k) > 5}
     pairs.update(block.get("intervals") or {})
     for k, v in pairs.items():
         if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v):

@@ -552,7 +552,9 @@ def _training_facts(run: StoredRun) -> str:
         return ""
     max_epochs = run.params.get("train.epochs", "?")
     stopped = run.metrics.get("summary/early_stopped") == 1.0
-    text = f"trained {int(epochs)} of {max_epochs} epochs ({'early stopping' if stopped else 'no early stop'})"
+    text = (
+        f"trained {int(epochs)} of {max_epochs} epochs ({'early stopping' if stopped else 'no early stop'})"
+    )
     best_epoch = run.metrics.get("summary/best_epoch")
     if best_epoch is not None and best_epoch >= 0:
         text += f", best epoch {int(best_epoch)}"
