@@ -95,7 +95,7 @@ def test_unknown_provenance_is_an_error(tmp_path):
         attrs={"provenance": "dummy"},
     )
     with pytest.raises(ValueError, match="provenance"):
-        read_episode(path).provenance
+        _ = read_episode(path).provenance
 
 
 def test_predict_applies_the_text_standardisation_like_a_call():
