@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from mobile_vla.evaluation.metrics import bootstrap_distribution, compute_metrics, metrics_with_intervals
-from mobile_vla.evaluation.paired import mcnemar_exact
 from mobile_vla.registry.ranking import separation_reason
-from mobile_vla.registry.record import StoredRun, closed_loop_metrics, frozen_encoders, unflatten_results
+from mobile_vla.registry.record import StoredRun, closed_loop_metrics, unflatten_results
 from mobile_vla.sim.evaluate import summarize
 
 
@@ -30,6 +29,8 @@ def test_closed_loop_interval_from_the_simulators_own_summary_reaches_the_store(
 
 
 def test_a_run_with_a_random_clip_is_not_ranked():
+    from mobile_vla.registry.record import frozen_encoders
+
     config = {
         "backbone": {"pretrained": True, "fingerprint": {"pretrained": True}},
         "extra_features": {"clip_image": {"pretrained": False, "fingerprint": {"pretrained": False}}},
@@ -61,6 +62,8 @@ def test_cluster_bootstrap_resamples_whole_episodes():
 
 
 def test_mcnemar_decides_on_the_same_seeds():
+    from mobile_vla.evaluation.paired import mcnemar_exact
+
     a = [True] * 10 + [False] * 2
     b = [False] * 12
     assert mcnemar_exact(a, b)["distinguishable"]
