@@ -56,6 +56,8 @@ def test_keys_are_exactly_the_spec_keys_in_order():
         "tracking_accuracy",
         "direction_accuracy_linear_x",
         "direction_accuracy_linear_y",
+        "direction_accuracy_deadzone_linear_x",
+        "direction_accuracy_deadzone_linear_y",
         "magnitude_order_accuracy",
     ]
     assert list(m) == metric_keys(AXES)
@@ -312,7 +314,13 @@ def test_metrics_with_intervals_shape_and_consistency():
     )
     for low, high in result["intervals"].values():
         assert low <= high
-    assert result["bootstrap"] == {"n_boot": 200, "seed": 3, "confidence": 0.95, "method": "percentile"}
+    assert result["bootstrap"] == {
+        "n_boot": 200,
+        "seed": 3,
+        "confidence": 0.95,
+        "method": "percentile",
+        "resample": "frame",
+    }
     json.dumps(result, allow_nan=False)
 
 

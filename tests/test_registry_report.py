@@ -163,7 +163,9 @@ def test_comparison_table_shows_every_metric_with_n_and_interval_per_dataset(lab
         "Status",
     ):
         assert column in header
-    row = next(line for line in table.splitlines() if "`c1_a`" in line and "| 60 |" in line)
+    row = next(
+        line for line in table.splitlines() if "`c1_a`" in line and "| 60 frames / 4 episodes |" in line
+    )
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", row)  # MAE with its interval
     assert "| linear_y |" in table  # per-axis table
     assert "80.0% [" in table and "n=20" in table  # closed loop with n
@@ -182,7 +184,7 @@ def test_ranking_is_within_a_dataset_with_ties_and_dummies_apart(lab):
     assert rows_a == {"c1_a": "1 (tied)", "c3_a": "1 (tied)", "c2_a": "3"}
     assert "`c4_b`" in group_b and "`c1_a`" not in group_b
     assert "closed_loop/success_rate" in group_b  # the only run there has a closed-loop result
-    apart = ranking[ranking.index("Not ranked: synthetic data or random-weight backbones") :]
+    apart = ranking[ranking.index("Not ranked: synthetic data or random-weight frozen encoders") :]
     assert "`c1_synth`" in apart and "synthetic data" in apart
     assert "`c2_random`" in apart and "random-weight backbone" in apart
     assert "`c4_crash`: run failed" in ranking

@@ -223,8 +223,9 @@ def run_demo(
         summary["champion"] = champion
         name = champion.get("name") or champion.get("model") or "case?"
         print(f"   champion: {name} (models:/{name}@champion)")
-        if champion.get("tied_with"):
-            print(f"   note: statistically tied with {champion['tied_with']} (overlapping 95% intervals)")
+        for other in champion.get("tied_with") or []:
+            how = (champion.get("tie_tests") or {}).get(other, "overlapping 95% intervals")
+            print(f"   note: not told apart from {other}: {how}")
     except Exception as exc:  # a registry that cannot rank (e.g. every run unranked) still gets its report
         summary["champion"] = None
         print(f"   no champion promoted: {exc}")

@@ -206,11 +206,13 @@ def _show(args: argparse.Namespace) -> int:
 
 @_guard
 def _compare(args: argparse.Namespace) -> int:
-    from mobile_vla.registry.ranking import rank_runs
+    from mobile_vla.registry.ranking import artifact_outcomes, rank_runs
     from mobile_vla.registry.report import fmt_ci, ranking_rows
 
     registry = _open(args)
-    ranking = rank_runs(registry.runs(), split=args.split, dataset=args.dataset)
+    ranking = rank_runs(
+        registry.runs(), split=args.split, dataset=args.dataset, outcomes=artifact_outcomes(registry)
+    )
     if args.json:
         print(json.dumps(_ranking_json(ranking), indent=2))
         return 0
@@ -233,7 +235,7 @@ def _compare(args: argparse.Namespace) -> int:
         for run, reason in group.unranked:
             print(f"  {'-':<10} {run.case:<6} {run.name:<24} not placed: {reason}")
     if ranking.separate:
-        print("\nNot ranked (synthetic data or random-weight backbone):")
+        print("\nNot ranked (synthetic data or a random-weight frozen encoder):")
         for run, reason in ranking.separate:
             print(
                 f"  {run.case:<6} {run.name:<24} {fmt_ci(run.evaluation(args.split), 'mae', with_n=True):<36} {reason}"

@@ -215,15 +215,11 @@ def split_episodes(
     With 3 or more episodes every part gets at least one. The ids are sorted first, so the split does not
     depend on the order the files were listed in.
     """
-    ratios = [float(r) for r in ratios]
-    if (
-        len(ratios) != 3
-        or any(not np.isfinite(r) or r < 0 for r in ratios)
-        or not np.isclose(sum(ratios), 1.0)
-    ):
-        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
-    if ratios[0] == 0:
-        raise ValueError(f"ratios {ratios}: the train part must be > 0")
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0) or ratios[0] <= 0:
+        raise ValueError(
+            f"ratios must be three non-negative numbers summing to 1 with a positive train share, got "
+            f"{list(ratios)}"
+        )
     ids = sorted(set(episode_ids))
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
@@ -241,8 +237,11 @@ def split_episodes(
         else:
             n_test -= 1
     n_train = n - n_val - n_test
-    if n_train < 1:
-        raise ValueError(f"cannot split {n} episode(s) into train/val/test with ratios {ratios}")
+    if n_train < 1 and n > 0:
+        raise ValueError(
+            f"ratios {list(ratios)} leave no training episode of {n} (val {n_val}, test {n_test}); "
+            "use more episodes or a larger train ratio"
+        )
     return {
         "train": sorted(shuffled[:n_train]),
         "val": sorted(shuffled[n_train : n_train + n_val]),

@@ -345,7 +345,8 @@ class Episode:
         value = str(self.attrs.get("provenance", "real")).lower()
         if value not in PROVENANCES:
             raise ValueError(
-                f"{self.path}: attrs/provenance is {value!r}; expected one of {list(PROVENANCES)}"
+                f"{self.path}: attribute 'provenance' is {value!r}; expected one of {list(PROVENANCES)} "
+                "(or no attribute, for the robot's own recordings)"
             )
         return value
 

@@ -97,8 +97,14 @@ def evaluate_run(
         progress=progress,
         desc=f"evaluate {split}",
     )
+    # Frames of one episode are correlated: intervals resample whole episodes (cluster bootstrap).
     stats = metrics_with_intervals(
-        out["predictions"], out["targets"], axis_names=tuple(record["action_dims"]), n_boot=n_boot, seed=seed
+        out["predictions"],
+        out["targets"],
+        axis_names=tuple(record["action_dims"]),
+        n_boot=n_boot,
+        seed=seed,
+        groups=out["episode_ids"],
     )
     fingerprint = dataset_fingerprint(chosen)
     result = {
@@ -107,11 +113,14 @@ def evaluate_run(
         "split": split,
         "checkpoint": checkpoint,
         "n": stats["n"],
-        "n_episodes": len(chosen),
+        "n_frames": stats["n_frames"],
+        "n_episodes": stats["n_episodes"],
         "metrics": stats["metrics"],
         "intervals": stats["intervals"],
         "bootstrap": stats.get("bootstrap"),
         "loss": out["loss"],
+        "loss_name": "training loss (the case's compute_loss: action Huber plus any auxiliary terms)",
+        "action_loss": out["action_loss"],
         "action_dims": list(record["action_dims"]),
         "data": {
             "path": str(data),
@@ -147,14 +156,17 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [
         f"{result['case']} on {result['split']}: n={result['n']} frames from {result['n_episodes']} episodes "
         f"(data {result['data']['provenance']}, fingerprint {result['data']['fingerprint']})",
-        f"{'metric':<32}{'value':>12}  95% interval (bootstrap, {result.get('bootstrap', {}).get('n_boot', '?')})",
+        f"{'metric':<32}{'value':>12}  95% interval (bootstrap, {result.get('bootstrap', {}).get('n_boot', '?')}"
+        f" resamples of whole {result.get('bootstrap', {}).get('resample', 'frame')}s)",
     ]
     for key, value in result["metrics"].items():
         if key == "n":
             continue
         low, high = result["intervals"].get(key, (float("nan"), float("nan")))
         lines.append(f"{key:<32}{value:>12.4f}  [{low:.4f}, {high:.4f}]")
-    lines.append(f"{'loss (Huber)':<32}{result['loss']:>12.4f}")
+    if result.get("action_loss") is not None:
+        lines.append(f"{'action loss (Huber)':<32}{result['action_loss']:>12.4f}")
+    lines.append(f"{'training loss (all terms)':<32}{result['loss']:>12.4f}")
     chunk = result.get("chunk_metrics")
     if chunk:
         lines.append(

@@ -13,6 +13,10 @@ Given predictions ``P`` and targets ``Y`` of shape ``[N, D]`` (one column per ac
 - ``direction_accuracy_{axis}``: percent of samples with ``sign(P) == sign(Y)``. ``sign(0) == 0``, so a zero
   target (a stop) only counts as right when the prediction is exactly zero too: a model that outputs 0.01 for
   "stop" is wrong about the direction, as in the seed.
+- ``direction_accuracy_deadzone_{axis}``: the same with a dead zone: a value with ``|v| < 0.1``
+  (``DIRECTION_DEAD_ZONE``) counts as 0 (a stop) on both sides, so a prediction of 0.01 for a stop is right and
+  0.05 for a move is a stop. The seed's exact-zero definition above is kept under its own name; on the robot's
+  teleop data (+-1.15 or 0) it mostly measures how often the head outputs an exact 0.
 - ``magnitude_order_accuracy``: percent of samples with ``(P0 > P1) == (Y0 > Y1)`` on the first two axes
   (signed values, as in the seed). With a single axis there is no order to get right, so the key is **left
   out** rather than reported as a number that would mean nothing (and could be ranked).
@@ -34,8 +38,12 @@ On non-constant targets the result agrees with ``sklearn.metrics.r2_score`` to f
 (tests check 1e-9). Pearson uses the same exact-equality test for "constant" as ``scipy.stats.pearsonr``.
 
 Every metric is computed by one batched function, so :func:`bootstrap_ci` resamples exactly the definitions
-above. The percentile bootstrap resamples whole samples (rows) with replacement; like any percentile interval it
-is not forced to contain the point estimate (a biased statistic such as R² on a small N can fall outside).
+above. The percentile bootstrap resamples with replacement either whole samples (rows) or, given ``groups``
+(one label per row, e.g. the episode id), whole groups: a **cluster bootstrap**. Frames of one episode are
+strongly correlated (18 frames of one drive), so an interval over 180 frames of 10 episodes rests on 10
+independent units, not 180; resampling frames would make it far too narrow. Every evaluation of episodes
+passes the episode ids. Like any percentile interval it is not forced to contain the point estimate (a biased
+statistic such as R² on a small N can fall outside).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import numpy as np
 DEFAULT_AXES: tuple[str, ...] = ("linear_x", "linear_y")
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.2, 0.15)
 TRACKING_THRESHOLD = 0.5  # "the robot follows the command": every axis within 0.5 (seed definition)
+DIRECTION_DEAD_ZONE = 0.1  # |v| below this is a stop for direction_accuracy_deadzone_{axis}
 
 # Bootstrap resamples are evaluated in chunks of about this many row counts (B_chunk * N), which keeps the
 # temporaries near 10 MB whatever N is.
@@ -65,6 +74,7 @@ def metric_keys(
     keys += [f"{axis}_correlation" for axis in axes]
     keys += ["tracking_accuracy"]
     keys += [f"direction_accuracy_{axis}" for axis in axes]
+    keys += [f"direction_accuracy_deadzone_{axis}" for axis in axes]
     if len(axes) >= 2:
         keys += ["magnitude_order_accuracy"]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
@@ -96,7 +106,7 @@ def compute_metrics(
     keys = metric_keys(axis_names, thresholds)
     axes, ts = _check_axes_and_thresholds(axis_names, thresholds)
     pred, targ = _check_arrays(predictions, targets, axes)
-    batched = _resampled_metrics(pred, targ, axes, ts, idx=None)  # every value (1,)
+    batched = _resampled_metrics(pred, targ, axes, ts, None)  # every value (1,)
     out: dict[str, float | int] = {"n": int(pred.shape[0])}
     for key in keys[1:]:
         out[key] = float(batched[key][0])
@@ -110,10 +120,14 @@ def bootstrap_distribution(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every metric (but ``n``) on ``n_boot`` resamples of the rows, drawn with replacement: ``{key: (n_boot,)}``.
+    """Every metric (but ``n``) on ``n_boot`` resamples drawn with replacement: ``{key: (n_boot,)}``.
 
-    The same seed gives the same resamples for every key, so intervals of different metrics are paired.
+    Without ``groups`` the rows are resampled. With ``groups`` (one label per row, e.g. its episode id) whole
+    groups are: each resample draws G of the G groups with replacement and takes every row of each drawn
+    group (cluster bootstrap), so its row count varies. The same seed gives the same resamples for every key,
+    so intervals of different metrics are paired.
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
@@ -121,15 +135,39 @@ def bootstrap_distribution(
     axes, ts = _check_axes_and_thresholds(axis_names, thresholds)
     pred, targ = _check_arrays(predictions, targets, axes)
     n = pred.shape[0]
+    codes = None if groups is None else group_codes(groups, n)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ELEMENTS // n)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))  # (b, N) row indices of each resample
-        batched = _resampled_metrics(pred, targ, axes, ts, idx)
+        b = min(chunk, n_boot - start)
+        if codes is None:
+            idx = rng.integers(0, n, size=(b, n))  # (b, N) row indices of each resample
+            counts = _row_counts(idx, n)
+        else:
+            n_groups = int(codes.max()) + 1
+            drawn = rng.integers(0, n_groups, size=(b, n_groups))  # (b, G) group indices of each resample
+            counts = _row_counts(drawn, n_groups)[:, codes]  # (b, N): a row counts as often as its group
+        batched = _resampled_metrics(pred, targ, axes, ts, counts)
         for k in keys:
             parts[k].append(batched[k])
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def group_codes(groups: Sequence | np.ndarray, n: int) -> np.ndarray:
+    """``(N,)`` int codes 0..G-1 of the group labels of N rows (raises when the count differs from N)."""
+    labels = np.asarray(groups)
+    if labels.ndim != 1 or len(labels) != n:
+        raise ValueError(f"groups must hold one label per row ({n}), got shape {labels.shape}")
+    _, codes = np.unique(labels, return_inverse=True)
+    return codes.reshape(-1)
+
+
+def _row_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each resample: ``idx`` ``(B, k)`` -> ``(B, n)`` float."""
+    b = idx.shape[0]
+    flat = (idx + (np.arange(b) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
 def bootstrap_ci(
@@ -141,8 +179,10 @@ def bootstrap_ci(
     alpha: float = 0.05,
     axis_names: Sequence[str] = DEFAULT_AXES,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    groups: Sequence | np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap ``(1 - alpha)`` interval of one metric, resampling rows with replacement.
+    """Percentile bootstrap ``(1 - alpha)`` interval of one metric, resampling rows (or ``groups``, see
+    :func:`bootstrap_distribution`) with replacement.
 
     ``metric_key`` is any key of :func:`compute_metrics` but ``n``. Same seed, same interval, and the same
     interval :func:`metrics_with_intervals` reports for that key.
@@ -151,7 +191,9 @@ def bootstrap_ci(
     if metric_key not in valid:
         raise ValueError(f"unknown metric_key {metric_key!r}; one of {valid}")
     _check_alpha(alpha)
-    dist = bootstrap_distribution(predictions, targets, axis_names, thresholds, n_boot=n_boot, seed=seed)
+    dist = bootstrap_distribution(
+        predictions, targets, axis_names, thresholds, n_boot=n_boot, seed=seed, groups=groups
+    )
     return _percentile_interval(dist[metric_key], alpha)
 
 
@@ -163,27 +205,36 @@ def metrics_with_intervals(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Sequence | np.ndarray | None = None,
 ) -> dict:
     """The metrics with a percentile bootstrap interval for each, as evaluate, the registry and the demo report.
 
-    Returns ``{"n": N, "metrics": compute_metrics(...), "intervals": {key: [low, high]} for every key but n,
-    "bootstrap": {"n_boot", "seed", "confidence", "method": "percentile"}}``, all JSON-serialisable.
+    Returns ``{"n": N, "n_frames": N, "n_episodes": G (with groups), "metrics": compute_metrics(...),
+    "intervals": {key: [low, high]} for every key but n, "bootstrap": {"n_boot", "seed", "confidence",
+    "method": "percentile", "resample": "episode" | "frame"}}``, all JSON-serialisable. Pass the episode id
+    of every row as ``groups`` (cluster bootstrap; see the module docstring).
     """
     _check_alpha(alpha)
     metrics = compute_metrics(predictions, targets, axis_names, thresholds)
-    dist = bootstrap_distribution(predictions, targets, axis_names, thresholds, n_boot=n_boot, seed=seed)
+    dist = bootstrap_distribution(
+        predictions, targets, axis_names, thresholds, n_boot=n_boot, seed=seed, groups=groups
+    )
     intervals = {k: list(_percentile_interval(dist[k], alpha)) for k in metrics if k != "n"}
-    return {
-        "n": metrics["n"],
-        "metrics": metrics,
-        "intervals": intervals,
-        "bootstrap": {
+    out: dict = {"n": metrics["n"], "n_frames": metrics["n"]}
+    if groups is not None:
+        out["n_episodes"] = int(len(np.unique(np.asarray(groups))))
+    out.update(
+        metrics=metrics,
+        intervals=intervals,
+        bootstrap={
             "n_boot": int(n_boot),
             "seed": int(seed),
             "confidence": 1 - alpha,
             "method": "percentile",
+            "resample": "frame" if groups is None else "episode",
         },
-    }
+    )
+    return out
 
 
 def _resampled_metrics(
@@ -191,24 +242,22 @@ def _resampled_metrics(
     targ: np.ndarray,
     axes: tuple[str, ...],
     thresholds: tuple[float, ...],
-    idx: np.ndarray | None,
+    counts: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
     """Every metric (but ``n``) on B resamples of the rows of ``pred``, ``targ`` ``(N, D)`` -> ``{key: (B,)}``.
 
-    ``idx`` ``(B, N)`` holds the row indices of each resample; ``None`` means the data itself (B = 1). This is
-    the single definition behind both the point estimates and the bootstrap.
+    ``counts`` ``(B, N)`` says how often each row is in each resample (a resample's size is its row sum, which
+    varies under the cluster bootstrap); ``None`` means the data itself (B = 1). This is the single definition
+    behind both the point estimates and the bootstrap.
 
     Why it is fast: every metric is a sum over rows of some per-row quantity (an indicator for the accuracies,
     shifted first and second moments for R² and Pearson), so all B resamples are one product of their row
     counts ``(B, N)`` with the per-row table ``(N, K)`` instead of B passes over gathered ``(N, D)`` copies.
     """
     n, d = pred.shape
-    if idx is None:
+    if counts is None:
         counts = np.ones((1, n))  # (1, N)
-    else:
-        b = idx.shape[0]
-        flat = (idx + (np.arange(b) * n)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)  # (B, N)
+    size = counts.sum(axis=1, keepdims=True)  # (B, 1) rows in each resample
 
     err = np.abs(pred - targ)  # (N, D)
     columns: dict[str, np.ndarray] = {"mae": err.mean(axis=1)}  # per-row values whose resample mean we want
@@ -222,6 +271,10 @@ def _resampled_metrics(
     same_sign = np.sign(pred) == np.sign(targ)  # (N, D)
     for j, axis in enumerate(axes):
         columns[f"direction_accuracy_{axis}"] = same_sign[:, j]
+    # Dead zone: |v| < DIRECTION_DEAD_ZONE is a stop on both sides.
+    same_zone = _dead_zone_sign(pred) == _dead_zone_sign(targ)  # (N, D)
+    for j, axis in enumerate(axes):
+        columns[f"direction_accuracy_deadzone_{axis}"] = same_zone[:, j]
     if d >= 2:
         columns["magnitude_order_accuracy"] = (pred[:, 0] > pred[:, 1]) == (targ[:, 0] > targ[:, 1])
     mean_keys = list(columns)
@@ -234,19 +287,19 @@ def _resampled_metrics(
 
     table = np.column_stack([np.asarray(columns[k], dtype=np.float64) for k in mean_keys] + moments)  # (N, K)
     sums = counts @ table  # (B, K)
-    out = {k: sums[:, i] * (100.0 / n) for i, k in enumerate(mean_keys) if k != "mae"}
-    out["mae"] = sums[:, 0] / n
+    out = {k: sums[:, i] * 100.0 / size[:, 0] for i, k in enumerate(mean_keys) if k != "mae"}
+    out["mae"] = sums[:, 0] / size[:, 0]
     m = len(mean_keys)
     s_t, s_tt, s_p, s_pp, s_pt, ss_res = (
         sums[:, m + i * d : m + (i + 1) * d] for i in range(6)
     )  # (B, D) each
-    ss_tot = np.maximum(s_tt - s_t**2 / n, 0.0)  # (B, D)
-    ss_pred = np.maximum(s_pp - s_p**2 / n, 0.0)
-    cov = s_pt - s_p * s_t / n
+    ss_tot = np.maximum(s_tt - s_t**2 / size, 0.0)  # (B, D)
+    ss_pred = np.maximum(s_pp - s_p**2 / size, 0.0)
+    cov = s_pt - s_p * s_t / size
 
     # "Constant" is exact equality (see the module docstring), not a float sum of squares that happens to be 0.
-    targ_const = _constant_columns(targ, idx)  # (B, D)
-    pred_const = _constant_columns(pred, idx)
+    targ_const = _constant_columns(targ, counts)  # (B, D)
+    pred_const = _constant_columns(pred, counts)
 
     # R² (scikit-learn, force_finite): 1 if SS_res == 0; else 0 if the targets are constant; else 1 - res/tot.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -260,19 +313,25 @@ def _resampled_metrics(
     return out
 
 
-def _constant_columns(values: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-    """``(B, D)`` bool: is column j of resample b constant? ``values`` ``(N, D)``, ``idx`` ``(B, N)`` or None."""
+def _constant_columns(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(B, D)`` bool: is column j of resample b constant? ``values`` ``(N, D)``, ``counts`` ``(B, N)``."""
     full = values.max(axis=0) == values.min(axis=0)  # (D,)
-    if idx is None:
-        return full[None]
-    out = np.empty((idx.shape[0], values.shape[1]), dtype=bool)
+    out = np.empty((counts.shape[0], values.shape[1]), dtype=bool)
+    drawn = counts > 0  # (B, N)
     for j in range(values.shape[1]):
         if full[j]:
             out[:, j] = True  # a resample of a constant column is constant; skip the gather
             continue
-        drawn = np.ascontiguousarray(values[:, j])[idx]  # (B, N)
-        out[:, j] = drawn.max(axis=1) == drawn.min(axis=1)
+        column = values[:, j][None, :]  # (1, N)
+        high = np.where(drawn, column, -np.inf).max(axis=1)
+        low = np.where(drawn, column, np.inf).min(axis=1)
+        out[:, j] = high == low
     return out
+
+
+def _dead_zone_sign(values: np.ndarray) -> np.ndarray:
+    """sign(v), with |v| < DIRECTION_DEAD_ZONE taken as 0."""
+    return np.where(np.abs(values) < DIRECTION_DEAD_ZONE, 0.0, np.sign(values))
 
 
 def _fmt(t: float) -> str:

@@ -289,7 +289,7 @@ class Policy(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                return self(features)["action"]
+                return self(features)["action"]  # through __call__: the text pre-hook runs
         finally:
             self.train(was_training)
 

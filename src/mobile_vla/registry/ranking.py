@@ -7,25 +7,42 @@ frames. The rules here:
    dataset fingerprint, the same split, the same episode ids in that split (and, when ``evaluate`` recorded
    it, the same content hash of the evaluated episodes). Each such set is a *group*, ranked on its own.
 2. **No dummies among the real ones.** Runs on synthetic data (provenance ``synthetic``, or ``mixed``/unknown
-   provenance that may include synthetic episodes) or with a random-weight backbone (``pretrained=False``)
-   go to a separate, labelled section. They are listed with their numbers, never ranked.
+   provenance that may include synthetic episodes) or with any random-weight frozen encoder (the backbone,
+   or any other encoder the run's config records with ``pretrained``/``*_pretrained`` false, e.g. Case 2's
+   ``clip-tiny`` fallback; see `mobile_vla.registry.record.frozen_encoders`) go to a separate, labelled
+   section. They are listed with their numbers and the reason, never ranked.
 3. **The key.** Closed-loop success rate (higher is better) when every run of the group has one, measured
    under the same protocol (seed, episodes, scenarios); otherwise offline test MAE (lower is better). Closed
    loop is preferred because it measures what the robot needs (reaching the bottle), which offline MAE on a
    few frames only approximates.
-4. **Ties.** Every value carries its ``n`` and 95% interval. Two runs whose intervals overlap are not ordered:
-   runs are joined into tie groups (connected components of "intervals overlap"), so any two overlapping runs
-   always share a rank. Ranks are competition-style: a tie group of two at the top is ``1, 1``, then ``3``.
-   A run without an interval for the key cannot be placed and is listed as unranked with that reason.
+4. **Ties.** Every value carries its ``n`` and 95% interval. Whether two runs differ is decided by a
+   **paired** comparison on the units both were measured on (`mobile_vla.evaluation.paired`): the exact
+   McNemar test on the same closed-loop seeds, or a paired bootstrap of the MAE difference resampling the same
+   test episodes. Overlapping marginal intervals are the fallback only where the per-unit results are not
+   available (``outcomes`` not given, or an artifact missing), and the comparison says so. Runs not told apart
+   are joined into tie groups (connected components of "not distinguishable"), so they always share a rank.
+   Ranks are competition-style: a tie group of two at the top is ``1, 1``, then ``3``. A run without an
+   interval for the key cannot be placed and is listed as unranked with that reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from mobile_vla.evaluation.intervals import intervals_overlap
-from mobile_vla.registry.record import StoredRun
+from mobile_vla.evaluation.paired import mcnemar_exact, paired_bootstrap_difference
+from mobile_vla.registry.record import CLOSED_LOOP_FILE, StoredRun
+
+# Per-unit results of one run for a ranking key: ``{unit: value}`` (closed loop: ``(seed, scenario)`` ->
+# success; offline: ``(episode_id, frame_index)`` -> the frame's mean absolute error), or None.
+Outcomes = Callable[[StoredRun, str, str], "Mapping[tuple, float] | None"]
 
 RANKED_PROVENANCES = ("real", "sim")
 CLOSED_LOOP_KEY = "closed_loop/success_rate"
@@ -42,6 +59,18 @@ class Score:
     n: int | None
     rank: int | None = None
     tied_with: list[str] = field(default_factory=list)
+    n_episodes: int | None = None
+
+
+@dataclass
+class Comparison:
+    """How two runs of a group were compared: the test, its result, and whether they differ."""
+
+    a: str
+    b: str
+    method: str  # "exact McNemar", "paired bootstrap by episode" or "overlapping 95% intervals"
+    distinguishable: bool
+    detail: str
 
 
 @dataclass
@@ -57,6 +86,10 @@ class RankedGroup:
     scores: list[Score]
     unranked: list[tuple[StoredRun, str]] = field(default_factory=list)
     note: str = ""
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def comparison(self, a: str, b: str) -> Comparison | None:
+        return next((c for c in self.comparisons if {c.a, c.b} == {a, b}), None)
 
     @property
     def label(self) -> str:
@@ -82,6 +115,9 @@ def separation_reason(run: StoredRun) -> str | None:
         reasons.append("random-weight backbone")
     elif run.pretrained is None:
         reasons.append("backbone weights not recorded as pretrained")
+    random = sorted(name for name, ok in run.encoders.items() if name != "backbone" and ok is False)
+    if random:
+        reasons.append(f"random-weight frozen encoder{'s' if len(random) > 1 else ''}: {', '.join(random)}")
     return "; ".join(reasons) or None
 
 
@@ -105,19 +141,63 @@ def score(run: StoredRun, key: str, split: str) -> Score | None:
     if result is None or metric not in result["metrics"]:
         return None
     interval = result["intervals"].get(metric)
+    episodes = result.get("n_episodes") if key != CLOSED_LOOP_KEY else None
     return Score(
         run=run,
         key=key,
         value=result["metrics"][metric],
         interval=(float(interval[0]), float(interval[1])) if interval else None,
         n=result["n"],
+        n_episodes=int(episodes) if episodes is not None else None,
     )
 
 
-def assign_ranks(scores: Sequence[Score], higher_is_better: bool) -> list[Score]:
-    """Competition ranks over tie groups (connected components of overlapping intervals); best first.
+def compare_pair(a: Score, b: Score, outcomes: Outcomes | None = None, split: str = "test") -> Comparison:
+    """Can the data tell ``a`` and ``b`` apart? Paired on their common units when ``outcomes`` has them for
+    both (the same units), else by overlapping marginal intervals (said so in ``method``)."""
+    ua = outcomes(a.run, a.key, split) if outcomes else None
+    ub = outcomes(b.run, b.key, split) if outcomes else None
+    if ua and ub and set(ua) == set(ub):
+        units = sorted(ua)
+        if a.key == CLOSED_LOOP_KEY:
+            test = mcnemar_exact([ua[u] for u in units], [ub[u] for u in units])
+            detail = (
+                f"exact McNemar on the same {test['n']} seeds: {test['a_only']} won only by {a.run.name}, "
+                f"{test['b_only']} only by {b.run.name}, p={test['p_value']:.3g}"
+            )
+        else:
+            test = paired_bootstrap_difference(
+                [ua[u] for u in units], [ub[u] for u in units], groups=[u[0] for u in units]
+            )
+            low, high = test["interval"]
+            detail = (
+                f"paired bootstrap by episode on the same {test['n']} frames of {test['n_groups']} episodes: "
+                f"MAE {a.run.name} - {b.run.name} = {test['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            )
+        return Comparison(a.run.name, b.run.name, test["method"], test["distinguishable"], detail)
+    missing = "not the same units" if ua and ub else "no per-unit results"
+    overlap = intervals_overlap(a.interval, b.interval)
+    return Comparison(
+        a.run.name,
+        b.run.name,
+        "overlapping 95% intervals",
+        not overlap,
+        f"marginal 95% intervals {'overlap' if overlap else 'are disjoint'} (no paired test: {missing})",
+    )
 
-    Every score must have an interval. Within a tie group the order shown is by point value, the rank equal.
+
+def assign_ranks(
+    scores: Sequence[Score],
+    higher_is_better: bool,
+    outcomes: Outcomes | None = None,
+    split: str = "test",
+    comparisons: list[Comparison] | None = None,
+) -> list[Score]:
+    """Competition ranks over tie groups (connected components of "not distinguishable", `compare_pair`);
+    best first. The comparisons made are appended to ``comparisons`` when given.
+
+    Every score must have an interval. Tie groups are ordered by their best point value; within a tie group
+    the order shown is by point value, the rank equal.
     """
     n = len(scores)
     parent = list(range(n))
@@ -130,17 +210,16 @@ def assign_ranks(scores: Sequence[Score], higher_is_better: bool) -> list[Score]
 
     for i in range(n):
         for j in range(i + 1, n):
-            if intervals_overlap(scores[i].interval, scores[j].interval):
+            result = compare_pair(scores[i], scores[j], outcomes, split)
+            if comparisons is not None:
+                comparisons.append(result)
+            if not result.distinguishable:
                 parent[find(i)] = find(j)
     groups: dict[int, list[Score]] = {}
     for i, s in enumerate(scores):
         groups.setdefault(find(i), []).append(s)
     sign = -1.0 if higher_is_better else 1.0
-    # Tie groups' interval unions are disjoint, so ordering them by their best end is unambiguous.
-    ordered = sorted(
-        groups.values(),
-        key=lambda g: min(sign * (s.interval[1] if higher_is_better else s.interval[0]) for s in g),
-    )
+    ordered = sorted(groups.values(), key=lambda g: min(sign * s.value for s in g))
     out: list[Score] = []
     for group in ordered:
         rank = len(out) + 1
@@ -151,10 +230,17 @@ def assign_ranks(scores: Sequence[Score], higher_is_better: bool) -> list[Score]
     return out
 
 
-def rank_runs(runs: Iterable[StoredRun], split: str = "test", dataset: str | None = None) -> Ranking:
+def rank_runs(
+    runs: Iterable[StoredRun],
+    split: str = "test",
+    dataset: str | None = None,
+    outcomes: Outcomes | None = None,
+) -> Ranking:
     """Sort runs into ranked groups, the separate synthetic/random-weight section, and the excluded.
 
-    ``dataset`` keeps only runs whose dataset fingerprint starts with it.
+    ``dataset`` keeps only runs whose dataset fingerprint starts with it. ``outcomes`` gives each run's
+    per-unit results for the paired comparisons (`artifact_outcomes(registry)` reads them from the store);
+    without it ties fall back to overlapping intervals.
     """
     groups: dict[tuple, list[StoredRun]] = {}
     separate: list[tuple[StoredRun, str]] = []
@@ -176,12 +262,15 @@ def rank_runs(runs: Iterable[StoredRun], split: str = "test", dataset: str | Non
             continue
         groups.setdefault(group_key(run, split), []).append(run)
     ranked = [
-        _rank_group(key, members, split) for key, members in sorted(groups.items(), key=lambda kv: kv[0][0])
+        _rank_group(key, members, split, outcomes)
+        for key, members in sorted(groups.items(), key=lambda kv: kv[0][0])
     ]
     return Ranking(split=split, groups=ranked, separate=separate, excluded=excluded)
 
 
-def _rank_group(key: tuple, members: list[StoredRun], split: str) -> RankedGroup:
+def _rank_group(
+    key: tuple, members: list[StoredRun], split: str, outcomes: Outcomes | None = None
+) -> RankedGroup:
     dataset, _, split_fp, _ = key
     protocols = {m.tags.get("mobile_vla.closed_loop.protocol") for m in members}
     closed = [score(m, CLOSED_LOOP_KEY, split) for m in members]
@@ -203,6 +292,8 @@ def _rank_group(key: tuple, members: list[StoredRun], split: str) -> RankedGroup
         for m, s in zip(members, candidates, strict=True)
         if s is None or s.interval is None
     ]
+    comparisons: list[Comparison] = []
+    scores = assign_ranks(placeable, higher, outcomes, split, comparisons)
     return RankedGroup(
         dataset=dataset,
         provenance="/".join(sorted({m.provenance for m in members})),
@@ -210,7 +301,59 @@ def _rank_group(key: tuple, members: list[StoredRun], split: str) -> RankedGroup
         split_fingerprint=split_fp,
         key=rank_key,
         higher_is_better=higher,
-        scores=assign_ranks(placeable, higher),
+        scores=scores,
         unranked=unranked,
         note=note,
+        comparisons=comparisons,
     )
+
+
+def artifact_outcomes(registry: Any) -> Outcomes:
+    """Per-unit results of stored runs, for `rank_runs`' paired comparisons, read from the store's artifacts
+    (``closed_loop.json``'s per-episode records; ``eval/predictions_{split}.npz``'s per-frame predictions, with
+    their episode ids and frame indices) or, failing that, from the run directory."""
+    cache: dict[tuple[str, str, str], Mapping[tuple, float] | None] = {}
+
+    def fetch(run: StoredRun, name: str, folder: Path) -> Path | None:
+        path = registry.download_artifact(run.run_id, name, folder)
+        if path is not None and path.is_file():
+            return path
+        local = Path(run.run_dir) / Path(name).name if run.run_dir else None
+        return local if local is not None and local.is_file() else None
+
+    def load(run: StoredRun, key: str, split: str) -> Mapping[tuple, float] | None:
+        slot = (run.run_id, key, split)
+        if slot not in cache:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    if key == CLOSED_LOOP_KEY:
+                        path = fetch(run, CLOSED_LOOP_FILE, Path(tmp))
+                        cache[slot] = closed_loop_outcomes(json.loads(path.read_text())) if path else None
+                    else:
+                        path = fetch(run, f"eval/predictions_{split}.npz", Path(tmp))
+                        cache[slot] = offline_outcomes(path) if path else None
+                except (OSError, ValueError, KeyError):
+                    cache[slot] = None
+        return cache[slot]
+
+    return load
+
+
+def closed_loop_outcomes(result: Mapping[str, Any]) -> dict[tuple, float] | None:
+    """``{(layout seed, scenario): 1.0 | 0.0}`` from `evaluate_closed_loop`'s per-episode ``records``."""
+    records = result.get("records")
+    if not records:
+        return None
+    out = {(int(r["seed"]), str(r["scenario"])): float(bool(r["success"])) for r in records}
+    return out if len(out) == len(records) else None
+
+
+def offline_outcomes(npz: Path) -> dict[tuple, float] | None:
+    """``{(episode_id, frame_index): mean |prediction - target| over the axes}`` from ``predictions_*.npz``."""
+    with np.load(npz) as data:
+        if "episode_ids" not in data or "frame_indices" not in data:
+            return None
+        errors = np.abs(data["predictions"] - data["targets"]).mean(axis=1)  # (N,)
+        keys = list(zip(data["episode_ids"].tolist(), data["frame_indices"].tolist(), strict=True))
+    out = {(str(e), int(f)): float(v) for (e, f), v in zip(keys, errors, strict=True)}
+    return out if len(out) == len(keys) else None

@@ -210,7 +210,7 @@ def evaluation_metrics(split: str, result: Mapping[str, Any]) -> dict[str, float
         out[f"{split}/{k}/{CI_HIGH}"] = high
     if n is not None:
         out[f"{split}/n"] = float(n)
-    for extra in ("loss", "n_episodes"):
+    for extra in ("loss", "action_loss", "n_frames", "n_episodes"):
         if is_number(result.get(extra)):
             out[f"{split}/{extra}"] = float(result[extra])
     return out
@@ -218,6 +218,8 @@ def evaluation_metrics(split: str, result: Mapping[str, Any]) -> dict[str, float
 
 # Numbers in ``sim evaluate``'s JSON that describe the protocol, not the result.
 CLOSED_LOOP_PROTOCOL_KEYS = ("seed", "episodes", "max_steps", "control_period_s", "hold_s")
+# How `sim evaluate` writes a rate's 95% interval: beside it, ``{key}_ci95: [low, high]``.
+CI95_SUFFIX = "_ci95"
 
 
 def closed_loop_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -238,6 +240,8 @@ def closed_loop_protocol(result: Mapping[str, Any]) -> str:
     """
     protocol = {k: result.get(k) for k in CLOSED_LOOP_PROTOCOL_KEYS if k in result}
     protocol["n"] = result.get("n")
+    if isinstance(result.get("config"), Mapping):  # the simulator's settings (camera size, tolerances...)
+        protocol["config"] = result["config"]
     protocol["scenarios"] = sorted(result.get("per_scenario") or result.get("scenarios") or [])
     return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -260,11 +264,53 @@ def closed_loop_tags(result: Mapping[str, Any], prefixed: bool = True) -> dict[s
 
 
 def _closed_loop_block(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """One block of ``sim evaluate``'s result as metrics, with each interval under ``{key}/ci_low|ci_high``.
+
+    The simulator (`mobile_vla.sim.evaluate.summarize`) writes an interval beside its value as
+    ``{key}_ci95: [low, high]``; an ``intervals: {key: [low, high]}`` dict is read too.
+    """
     out = {f"{prefix}/{k}": float(v) for k, v in block.items() if is_number(v)}
-    for k, v in (block.get("intervals") or {}).items():
+    pairs = {k[: -len(CI95_SUFFIX)]: v for k, v in block.items() if k.endswith(CI95_SUFFIX) and len(k) > 5}
+    pairs.update(block.get("intervals") or {})
+    for k, v in pairs.items():
         if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v):
             out[f"{prefix}/{k}/{CI_LOW}"] = float(v[0])
             out[f"{prefix}/{k}/{CI_HIGH}"] = float(v[1])
+    return out
+
+
+def frozen_encoders(config: Mapping[str, Any]) -> dict[str, bool | None]:
+    """Every frozen encoder a run's ``config.json`` records, and whether its weights are pretrained.
+
+    Read generically, so a case that adds an encoder needs no change here: every key of the config (outside
+    ``train``) named ``pretrained`` or ``*_pretrained`` is one encoder's flag. ``backbone.pretrained`` is the
+    backbone; ``extra_features.clip_image.pretrained`` (and its ``fingerprint.pretrained``) the feature
+    ``clip_image``; ``policy.clip_pretrained`` the head's ``clip``. Several flags of one encoder must all be
+    true. The backbone's flag missing is ``None`` (unknown); another encoder's ``null`` flag means the case did
+    not use it and is left out.
+    """
+    flags: dict[str, list[Any]] = {"backbone": []}
+    for key, value in flatten(config).items():
+        parts = key.split(".")
+        if parts[0] == "train":
+            continue
+        last = parts[-1]
+        if last == "pretrained":
+            owner = parts[:-1]
+            while owner and owner[-1] in ("fingerprint", "spec", "record"):
+                owner = owner[:-1]
+        elif last.endswith("_pretrained"):
+            owner = [*parts[:-1], last[: -len("_pretrained")]]
+        else:
+            continue
+        name = ".".join(owner).removeprefix("extra_features.") or "backbone"
+        flags.setdefault(name, []).append(parse_param(value) if isinstance(value, str) else value)
+    out: dict[str, bool | None] = {}
+    for name, values in flags.items():
+        known = [v for v in values if v is not None]
+        if name != "backbone" and not known:
+            continue
+        out[name] = all(bool(v) for v in known) if known else None
     return out
 
 
@@ -373,6 +419,7 @@ class RunRecord:
             "backbone.profile": str(backbone.get("profile") or spec.get("profile") or "unknown"),
             "backbone.fingerprint": str(backbone.get("fingerprint_hash") or "unknown"),
             "backbone.pretrained": _bool_text(backbone.get("pretrained")),
+            "encoders.pretrained": json.dumps(frozen_encoders(cfg), sort_keys=True),
             "dataset.path": _text(data.get("path")),
             "dataset.fingerprint": str(data.get("fingerprint") or "unknown"),
             "dataset.provenance": str(data.get("provenance") or "unknown"),
@@ -601,6 +648,20 @@ class StoredRun:
     def pretrained(self) -> bool | None:
         value = self.tag("backbone.pretrained")
         return {"true": True, "false": False}.get(value)
+
+    @property
+    def encoders(self) -> dict[str, bool | None]:
+        """``{encoder: pretrained}`` of every frozen encoder the run used (`frozen_encoders`), from the tag
+        the record writes, else from the params (a store written before the tag existed)."""
+        text = self.tags.get(tag("encoders.pretrained"))
+        if text:
+            try:
+                value = json.loads(text)
+                if isinstance(value, dict):
+                    return value
+            except json.JSONDecodeError:
+                pass
+        return frozen_encoders({k: parse_param(v) for k, v in self.params.items()})
 
     @property
     def run_dir(self) -> str:

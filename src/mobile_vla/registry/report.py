@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from mobile_vla.registry.ranking import CLOSED_LOOP_KEY, RankedGroup, Ranking, rank_runs, separation_reason
+from mobile_vla.evaluation.metrics import DIRECTION_DEAD_ZONE
+from mobile_vla.registry.ranking import (
+    CLOSED_LOOP_KEY,
+    RankedGroup,
+    Ranking,
+    artifact_outcomes,
+    rank_runs,
+    separation_reason,
+)
 from mobile_vla.registry.record import StoredRun
 
 THRESHOLDS = ("0.3", "0.2", "0.15")
@@ -101,7 +109,7 @@ def write_report(
     plots = out.parent / f"{out.stem}_plots"
     plots.mkdir(exist_ok=True)
     runs = registry.runs()
-    ranking = rank_runs(runs, split=split)
+    ranking = rank_runs(runs, split=split, outcomes=artifact_outcomes(registry))
     reps = representative_runs(runs)
     histories = {r.run_id: _histories(registry, r) for r, _ in reps.values()}
     images = _plots(registry, runs, ranking, reps, histories, plots, split)
@@ -114,8 +122,9 @@ def write_report(
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {len(runs)} runs ({finished} finished, "
         f"{len(runs) - finished} failed, killed or running), {len(reps)} cases, "
         f"{len({r.dataset_fingerprint for r in runs})} datasets. Nothing below is typed by hand: every number "
-        "is read from the store, with its `n` and 95% interval `[low, high]` (bootstrap for offline metrics, "
-        "Wilson for closed-loop rates)."
+        "is read from the store, with its `n` and 95% interval `[low, high]` (for offline metrics a bootstrap "
+        "that resamples whole episodes, since frames of one episode are correlated; Wilson for closed-loop "
+        "rates)."
     )
     _overview(doc, split)
     _specs(doc, runs, reps, split)
@@ -163,12 +172,14 @@ def _overview(doc: _Doc, split: str) -> None:
     doc.lines += [
         f"- only against runs evaluated on the same episodes (same dataset fingerprint, same `{split}` split "
         "episode ids);",
-        "- runs on synthetic data or with random-weight backbones are listed in their own section and never "
-        "ranked;",
+        "- runs on synthetic data, or with any frozen encoder (the backbone or another, e.g. Case 2's CLIP) "
+        "whose weights are not pretrained, are listed in their own section with the reason and never ranked;",
         "- the key is closed-loop success rate (higher is better) when every run of the group has one measured "
         f"under the same protocol, else offline `{split}` MAE (lower is better);",
-        "- runs whose 95% intervals overlap share a rank (tie groups), so no order is claimed that the data "
-        "cannot support.",
+        "- two runs share a rank (tie groups) unless a paired comparison on the same units tells them apart at "
+        "the 5% level: the exact McNemar test on the same closed-loop seeds, or a paired bootstrap (by "
+        "episode) of the MAE difference on the same test frames; where the per-unit results are missing, "
+        "overlapping 95% intervals decide, and the ranking says so.",
         "",
     ]
 
@@ -275,11 +286,18 @@ def metrics_block(run: StoredRun, split: str) -> str:
         for key in ("tracking_accuracy", "magnitude_order_accuracy"):
             lines.append(f"  {key.replace('_', ' ').capitalize()}: {fmt_ci(result, key)}")
         lines.append(
-            "  Direction accuracy: "
+            "  Direction accuracy (sign, a stop only for an exact 0): "
             + ", ".join(f"{a} {fmt_ci(result, f'direction_accuracy_{a}')}" for a in _axes(run))
         )
+        if any(f"direction_accuracy_deadzone_{a}" in result["metrics"] for a in _axes(run)):
+            lines.append(
+                f"  Direction accuracy, dead zone (|v| < {DIRECTION_DEAD_ZONE} is a stop): "
+                + ", ".join(f"{a} {fmt_ci(result, f'direction_accuracy_deadzone_{a}')}" for a in _axes(run))
+            )
+        if f"{name}/action_loss" in run.metrics:
+            lines.append(f"  Action loss (Huber): {run.metrics[f'{name}/action_loss']:.4f}")
         if f"{name}/loss" in run.metrics:
-            lines.append(f"  Loss: {run.metrics[f'{name}/loss']:.4f}")
+            lines.append(f"  Training loss (all of the case's terms): {run.metrics[f'{name}/loss']:.4f}")
     closed = run.closed_loop()
     if closed is None:
         lines.append("closed loop: not evaluated (mobile-vla sim evaluate --policy RUN_DIR)")
@@ -292,12 +310,26 @@ def metrics_block(run: StoredRun, split: str) -> str:
             if block:
                 lines.append(f"  {scenario}: success {fmt_ci(block, 'success_rate', with_n=True)}")
     if run.metrics.get("summary/wall_time_s") is not None:
+        best = run.metrics.get("summary/best_val_action_loss", run.metrics.get("summary/best_val_loss"))
         lines.append(
             f"training: {int(run.metrics.get('summary/epochs_completed', 0))} epochs in "
             f"{run.metrics['summary/wall_time_s']:.1f} s, best epoch {int(run.metrics.get('summary/best_epoch', -1))}"
-            f", best val loss {run.metrics.get('summary/best_val_loss', float('nan')):.4f}"
+            f", best {_monitored(run)} {best if best is not None else float('nan'):.4f}"
         )
     return "\n".join(lines)
+
+
+def _monitored(run: StoredRun) -> str:
+    """The name of the loss a run's best checkpoint follows (older runs: the whole validation loss)."""
+    return "val action loss (Huber)" if "summary/best_val_action_loss" in run.metrics else "val loss"
+
+
+def _counts(result: dict[str, Any] | None) -> str:
+    """``"N frames / E episodes"`` of an offline result."""
+    if not result or result.get("n") is None:
+        return "—"
+    episodes = result.get("n_episodes")
+    return f"{result['n']} frames" + (f" / {int(episodes)} episodes" if episodes else "")
 
 
 def _comparison(doc: _Doc, runs: Sequence[StoredRun], split: str) -> None:
@@ -323,7 +355,7 @@ def _comparison(doc: _Doc, runs: Sequence[StoredRun], split: str) -> None:
                 [
                     run.case,
                     f"`{run.name}`",
-                    str(result["n"]) if result else "—",
+                    _counts(result),
                     fmt_ci(result, "mae"),
                     *(fmt_ci(result, f"accuracy_{t}") for t in THRESHOLDS),
                     *(fmt_ci(result, f"{a}_r2") for a in axes[:2]),
@@ -376,15 +408,22 @@ def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
             + (f" Note: {group.note}." if group.note else "")
         )
         doc.table(["Rank", "Case", "Run", "Value [95% interval]", "n", "Tied with"], ranking_rows(group))
+        if group.comparisons:
+            doc.p("How each pair was compared (tied unless the comparison tells them apart):")
+            for c in group.comparisons:
+                verdict = "different" if c.distinguishable else "not told apart"
+                doc.lines.append(f"- `{c.a}` vs `{c.b}`: {verdict}; {c.detail}")
+            doc.lines.append("")
         for run, reason in group.unranked:
             doc.lines.append(f"- not placed: {_run_label(run)}: {reason}")
         if group.unranked:
             doc.lines.append("")
-    doc.h(3, "Not ranked: synthetic data or random-weight backbones")
+    doc.h(3, "Not ranked: synthetic data or random-weight frozen encoders")
     if ranking.separate:
         doc.p(
             "These numbers say nothing about the robot: the data is synthetic (or of mixed/unknown origin) or "
-            "the backbone's weights are random. They are shown so the pipeline can be checked, never ranked."
+            "a frozen encoder the run used (the backbone, or another such as Case 2's CLIP) has random weights. "
+            "They are shown so the pipeline can be checked, never ranked."
         )
         rows = []
         for run, reason in ranking.separate:
@@ -411,6 +450,14 @@ def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
         doc.lines.append("")
 
 
+def _score_counts(s: Any) -> str:
+    if s.n is None:
+        return "?"
+    if s.key == CLOSED_LOOP_KEY:
+        return f"{s.n} episodes"
+    return f"{s.n} frames" + (f" / {s.n_episodes} episodes" if s.n_episodes else "")
+
+
 def ranking_rows(group: RankedGroup) -> list[list[str]]:
     rows = []
     key = "success_rate" if group.key == CLOSED_LOOP_KEY else group.key.split("/", 1)[1]
@@ -424,7 +471,7 @@ def ranking_rows(group: RankedGroup) -> list[list[str]]:
                 s.run.case,
                 f"`{s.run.name}`",
                 f"{value} [{low}, {high}]",
-                str(s.n) if s.n is not None else "?",
+                _score_counts(s),
                 ", ".join(f"`{n}`" for n in s.tied_with) or "—",
             ]
         )
@@ -475,20 +522,9 @@ def _architecture(
             low, high = result["intervals"]["mae"]
             if result["n"] is not None and result["n"] < 30:
                 weaknesses.append(f"{split} n={result['n']}: MAE interval ±{(high - low) / 2:.3f}")
-        epochs = run.metrics.get("summary/epochs_completed")
-        max_epochs = run.params.get("train.epochs")
-        if run.metrics.get("summary/early_stopped") == 1.0 and epochs is not None:
-            strengths.append(
-                f"validation loss converged: early stopping after {int(epochs)} of {max_epochs} epochs"
-            )
-        elif epochs is not None and max_epochs and max_epochs.isdigit() and epochs >= int(max_epochs):
-            weaknesses.append(f"ran all {max_epochs} epochs without early stopping (may not have converged)")
-        best_val = run.metrics.get("summary/best_val_loss")
-        train_loss = run.metrics.get("train_loss")
-        if best_val is not None and train_loss and train_loss > 0 and best_val / train_loss > 2:
-            weaknesses.append(
-                f"best val loss {best_val:.3f} is {best_val / train_loss:.1f}x the last train loss (overfitting)"
-            )
+        training = _training_facts(run)
+        if training:
+            features += f"; {training}"
         wall = run.metrics.get("summary/wall_time_s")
         if wall is not None and len(walls) > 1 and min(walls) < max(walls):
             if wall == min(walls):
@@ -506,6 +542,33 @@ def _architecture(
             ]
         )
     doc.table(["Case", "Class", "Trainable params", "Features", "Strengths", "Weaknesses"], rows)
+
+
+def _training_facts(run: StoredRun) -> str:
+    """What training measured, without adjectives: epochs run of the maximum, whether early stopping ended
+    it, the best epoch, and the best validation loss over the last training loss of the same kind."""
+    epochs = run.metrics.get("summary/epochs_completed")
+    if epochs is None:
+        return ""
+    max_epochs = run.params.get("train.epochs", "?")
+    stopped = run.metrics.get("summary/early_stopped") == 1.0
+    text = (
+        f"trained {int(epochs)} of {max_epochs} epochs ({'early stopping' if stopped else 'no early stop'})"
+    )
+    best_epoch = run.metrics.get("summary/best_epoch")
+    if best_epoch is not None and best_epoch >= 0:
+        text += f", best epoch {int(best_epoch)}"
+    if "summary/best_val_action_loss" in run.metrics:
+        best, train, name = (
+            run.metrics["summary/best_val_action_loss"],
+            run.metrics.get("train_action_loss"),
+            "action loss (Huber)",
+        )
+    else:
+        best, train, name = run.metrics.get("summary/best_val_loss"), run.metrics.get("train_loss"), "loss"
+    if best is not None and train:
+        text += f", best val {name} / last train {name} = {best / train:.2f}"
+    return text
 
 
 def _plots_section(doc: _Doc, images: dict[str, list[Path]], root: Path) -> None:

@@ -675,11 +675,12 @@ class Registry:
         """Promote the top run of the ranking (`mobile_vla.registry.ranking`); one dataset group is required.
 
         Among runs tied at rank 1 the best point estimate is taken: the result's ``tied_with`` says which runs
-        the data cannot tell apart from it, so the caller can say so.
+        the data cannot tell apart from it (by a paired test on the same episodes/seeds where the artifacts
+        allow; ``tie_tests`` says how each was decided), so the caller can say so.
         """
-        from mobile_vla.registry.ranking import rank_runs
+        from mobile_vla.registry.ranking import artifact_outcomes, rank_runs
 
-        ranking = rank_runs(self.runs(), split=split, dataset=dataset)
+        ranking = rank_runs(self.runs(), split=split, dataset=dataset, outcomes=artifact_outcomes(self))
         groups = [g for g in ranking.groups if g.scores]
         if not groups:
             raise RegistryLookupError(
@@ -697,6 +698,11 @@ class Registry:
         info.update(
             key=groups[0].key, value=top.value, interval=top.interval, n=top.n, tied_with=top.tied_with
         )
+        info["tie_tests"] = {
+            other: c.detail
+            for other in top.tied_with
+            if (c := groups[0].comparison(top.run.name, other)) is not None
+        }
         return info
 
     def _model_version(self, uri: str) -> Any:

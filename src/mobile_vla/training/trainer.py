@@ -168,19 +168,23 @@ def predict_dataset(
     progress: bool = False,
     desc: str = "predict",
 ) -> dict[str, Any]:
-    """Eval-mode predictions over a dataset: ``{"predictions", "targets", "loss", "episode_ids", ...}``."""
+    """Eval-mode predictions over a dataset: ``{"predictions", "targets", "loss", "action_loss", "episode_ids",
+    ...}``. ``loss`` is the case's whole training loss (Case 4: action chunk + task + state terms);
+    ``action_loss`` the Huber loss of the predicted action alone (the ``action_loss`` the case logs), which is
+    what early stopping and the best checkpoint follow."""
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0, epoch=0, num_workers=0)
     policy.eval()
     preds, targets, episode_ids, frame_indices = [], [], [], []
     chunks: dict[str, list[np.ndarray]] = {"chunk_predictions": [], "chunk_targets": [], "chunk_mask": []}
-    loss_sum, n = 0.0, 0
+    loss_sum, action_loss_sum, n = 0.0, 0.0, 0
     with torch.no_grad():
         for batch in _progress(loader, progress, desc):
             features = _to_device(provider(batch, policy.feature_names(training=True)), device)
             outputs = policy(features)
-            loss, _ = policy.compute_loss(outputs, batch)
+            loss, logs = policy.compute_loss(outputs, batch)
             b = len(batch["action"])
             loss_sum += float(loss) * b
+            action_loss_sum += float(logs.get("action_loss", loss)) * b
             n += b
             preds.append(outputs["action"].float().cpu().numpy())
             targets.append(batch["action"].float().cpu().numpy())
@@ -195,6 +199,7 @@ def predict_dataset(
         "predictions": np.concatenate(preds) if preds else np.zeros((0, a), np.float32),
         "targets": np.concatenate(targets) if targets else np.zeros((0, a), np.float32),
         "loss": loss_sum / n if n else float("nan"),
+        "action_loss": action_loss_sum / n if n else float("nan"),
         "n": n,
         "episode_ids": episode_ids,
         "frame_indices": frame_indices,
@@ -543,8 +548,10 @@ class Trainer:
                 )
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            # Early stopping and "best" follow the validation loss; without a validation split, the training loss.
-            monitored = val["loss"] if val is not None else train_loss
+            # Early stopping and "best" follow the validation *action* loss (Huber on the predicted action; a
+            # case's auxiliary terms, e.g. Case 4's task and state losses, are left out); without a validation
+            # split, the training action loss.
+            monitored = val["action_loss"] if val is not None else train_logs.get("action_loss", train_loss)
             improved = monitored < counters["best_val_loss"] - cfg.early_stopping_min_delta
             if improved:
                 counters.update(best_val_loss=monitored, best_epoch=epoch, epochs_without_improvement=0)
@@ -575,6 +582,7 @@ class Trainer:
                 "n_train": n_train,
                 **{f"train_{k}": v for k, v in train_logs.items()},
                 "val_loss": val["loss"] if val is not None else None,
+                "val_action_loss": val["action_loss"] if val is not None else None,
                 "n_val": val["n"] if val is not None else 0,
                 "val_metrics": _val_metrics(val, policy.action_dims) if val is not None else None,
                 "lr": lr,
@@ -663,8 +671,10 @@ class Trainer:
             "epochs_completed": last_epoch + 1,
             "max_epochs": self.config.epochs,
             "best_epoch": counters.get("best_epoch", -1),
+            # The best value of the monitored loss (named by "monitored"; the key keeps its old name).
             "best_val_loss": best if math.isfinite(best) else None,
-            "monitored": "val_loss" if self.datasets.get("val") is not None else "train_loss",
+            "best_val_action_loss": best if math.isfinite(best) else None,
+            "monitored": "val_action_loss" if self.datasets.get("val") is not None else "train_action_loss",
             "early_stopped": bool(counters.get("early_stopped", False)),
             "wall_time_s": float(counters.get("wall_time_s", 0.0)),
             "error": error,
@@ -735,10 +745,16 @@ def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: str | Path) -> P
 
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    val = [(r["epoch"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
+    # The action loss (Huber on the predicted action: what "best" follows) when the rows have it; a case with
+    # auxiliary terms (Case 4) has its whole training loss beside it, dashed.
+    action = all(r.get("train_action_loss") is not None for r in history)
+    train_key, val_key = ("train_action_loss", "val_action_loss") if action else ("train_loss", "val_loss")
+    ax.plot(epochs, [r[train_key] for r in history], marker="o", label=f"train ({train_key})")
+    val = [(r["epoch"], r[val_key]) for r in history if r.get(val_key) is not None]
     if val:
-        ax.plot(*zip(*val, strict=True), marker="o", label="validation")
+        ax.plot(*zip(*val, strict=True), marker="o", label=f"validation ({val_key})")
+    if action and any(abs(r["train_loss"] - r["train_action_loss"]) > 1e-9 for r in history):
+        ax.plot(epochs, [r["train_loss"] for r in history], "--", label="train (whole training loss)")
     best = history[-1].get("best_epoch", -1)
     if best is not None and best >= 0:
         ax.axvline(best, color="grey", linestyle="--", label=f"best (epoch {best})")
@@ -746,7 +762,7 @@ def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: str | Path) -> P
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (Huber)")
+    ax.set_ylabel("action loss (Huber)" if action else "loss")
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)

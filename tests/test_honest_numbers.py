@@ -1,0 +1,117 @@
+"""Issue 13: the registry's numbers are honest (intervals kept, random encoders apart, episode-level intervals,
+paired ties, predict == forward with its hooks, safe splits, strict provenance, dead-zone direction)."""
+
+import numpy as np
+import pytest
+
+from mobile_vla.evaluation.metrics import bootstrap_distribution, compute_metrics, metrics_with_intervals
+from mobile_vla.registry.ranking import separation_reason
+from mobile_vla.registry.record import StoredRun, closed_loop_metrics, unflatten_results
+from mobile_vla.sim.evaluate import summarize
+
+
+def test_closed_loop_interval_from_the_simulators_own_summary_reaches_the_store():
+    # summarize() is what evaluate_closed_loop emits at the top level and per scenario.
+    records = [
+        {"success": i < 3, "collided": False, "spl": 0.5, "steps": 10, "distance_to_goal": 0.1}
+        for i in range(8)
+    ]
+    result = {
+        "seed": 1,
+        "episodes": 8,
+        **summarize(records),
+        "per_scenario": {"1box_vert_left": summarize(records)},
+    }
+    stored = unflatten_results(closed_loop_metrics(result), "closed_loop")
+    assert stored["intervals"]["success_rate"] == pytest.approx(result["success_rate_ci95"])
+    per = unflatten_results(closed_loop_metrics(result), "closed_loop/per_scenario/1box_vert_left")
+    assert "success_rate" in per["intervals"]
+
+
+def test_a_run_with_a_random_clip_is_not_ranked():
+    from mobile_vla.registry.record import frozen_encoders
+
+    config = {
+        "backbone": {"pretrained": True, "fingerprint": {"pretrained": True}},
+        "extra_features": {"clip_image": {"pretrained": False, "fingerprint": {"pretrained": False}}},
+        "policy": {"clip_pretrained": False},
+    }
+    encoders = frozen_encoders(config)
+    assert encoders["backbone"] is True and encoders["clip_image"] is False
+    params = {"backbone.pretrained": "true", "extra_features.clip_image.pretrained": "false"}
+    tags = {"mobile_vla.dataset.provenance": "sim", "mobile_vla.backbone.pretrained": "true"}
+    run = StoredRun("r", "r", "FINISHED", 0, None, tags, params, {})
+    assert "clip_image" in (separation_reason(run) or "")
+
+
+def test_cluster_bootstrap_resamples_whole_episodes():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 18)
+    targ = rng.choice([-1.15, 0.0, 1.15], size=(180, 2))
+    pred = targ + rng.normal(0, 0.5, size=(10, 2))[groups]  # one error per episode: frames are correlated
+    by_frame = metrics_with_intervals(pred, targ, n_boot=300)
+    by_episode = metrics_with_intervals(pred, targ, n_boot=300, groups=groups)
+    assert by_episode["n_episodes"] == 10 and by_episode["n_frames"] == 180
+    width = lambda r: r["intervals"]["mae"][1] - r["intervals"]["mae"][0]  # noqa: E731
+    assert width(by_episode) > 2 * width(by_frame)
+    dist = bootstrap_distribution(pred, targ, n_boot=5, seed=3, groups=groups)
+    drawn = np.random.default_rng(3).integers(0, 10, size=(5, 10))
+    for b in range(5):
+        rows = np.concatenate([np.nonzero(groups == g)[0] for g in drawn[b]])
+        assert dist["mae"][b] == pytest.approx(compute_metrics(pred[rows], targ[rows])["mae"])
+
+
+def test_mcnemar_decides_on_the_same_seeds():
+    from mobile_vla.evaluation.paired import mcnemar_exact
+
+    a = [True] * 10 + [False] * 2
+    b = [False] * 12
+    assert mcnemar_exact(a, b)["distinguishable"]
+    assert not mcnemar_exact([True, False], [False, False])["distinguishable"]
+
+
+def test_dead_zone_direction_counts_small_values_as_stop():
+    pred = np.array([[0.01], [1.0], [-0.05], [0.5]])
+    targ = np.array([[0.0], [1.15], [0.0], [-1.15]])
+    m = compute_metrics(pred, targ, axis_names=("linear_x",))
+    assert m["direction_accuracy_linear_x"] == 25.0  # the seed's definition, kept
+    assert m["direction_accuracy_deadzone_linear_x"] == 75.0
+
+
+def test_bad_split_ratios_raise_and_splits_never_overlap():
+    from mobile_vla.data.dataset import split_episodes
+
+    with pytest.raises(ValueError):
+        split_episodes(["a", "b", "c"], ratios=(0, 0.5, 0.5))
+    for n in range(3, 12):
+        s = split_episodes([str(i) for i in range(n)], ratios=(0.34, 0.33, 0.33))
+        assert not (set(s["train"]) & set(s["test"])) and not (set(s["train"]) & set(s["val"]))
+
+
+def test_unknown_provenance_is_an_error(tmp_path):
+    from mobile_vla.data.episodes import read_episode, write_episode
+
+    path = write_episode(
+        tmp_path / "episode_1_1box_vert_left.h5",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        np.zeros((2, 3), np.float32),
+        attrs={"provenance": "dummy"},
+    )
+    with pytest.raises(ValueError, match="provenance"):
+        _ = read_episode(path).provenance
+
+
+def test_predict_applies_the_text_standardisation_like_a_call():
+    import torch
+
+    from mobile_vla.policies.base import FeatureDims
+    from mobile_vla.policies.registry import create_policy
+
+    torch.manual_seed(0)
+    policy = create_policy("case1", FeatureDims(vision=16, text=8))
+    policy.set_text_stats(torch.full((8,), 0.5), torch.full((8,), 0.1))
+    features = {"vision": torch.randn(3, 16), "text": torch.randn(3, 8)}
+    policy.eval()
+    with torch.no_grad():
+        called = policy(dict(features))["action"]
+    assert torch.allclose(policy.predict(dict(features)), called)
