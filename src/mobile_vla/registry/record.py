@@ -339,8 +339,9 @@ def unflatten_results(metrics: Mapping[str, float], prefix: str) -> dict[str, An
         "metrics": values,
         "intervals": {k: v for k, v in intervals.items() if not any(math.isnan(x) for x in v)},
     }
-    if "n_episodes" in values:
-        out["n_episodes"] = int(values.pop("n_episodes"))
+    for count in ("n_episodes", "n_frames"):
+        if count in values:
+            out[count] = int(values.pop(count))
     return out
 
 
