@@ -216,34 +216,31 @@ def write_run_dir(
     return run_dir
 
 
-def sim_result(successes: int, n: int, interval: tuple[float, float] | None = None) -> dict[str, Any]:
-    """A `sim evaluate --json` result: overall and per scenario, each with n and intervals."""
-    rate = successes / n
-    low, high = interval if interval else (max(rate - 0.15, 0.0), min(rate + 0.15, 1.0))
+def episode_records(successes: int, n: int) -> list[dict[str, Any]]:
+    """Per-episode records in the shape `sim.evaluate.run_episode` returns them (the fields `summarize` reads)."""
+    return [
+        {"success": i < successes, "collided": i == n - 1, "spl": 0.8 if i < successes else 0.0,
+         "steps": 14 + i % 3, "distance_to_goal": 0.05 if i < successes else 0.6}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def sim_result(successes: int, n: int) -> dict[str, Any]:
+    """A `sim evaluate --json` result as `evaluate_closed_loop` builds it: the simulator's own `summarize`
+    overall and per scenario (`*_ci95` Wilson intervals), never a hand-made shape."""
+    from mobile_vla.sim.evaluate import summarize
+
+    records = episode_records(successes, n)
     half = n // 2
+    # Alternate episodes between the two scenarios, as the evaluator cycles scenarios.
+    groups = {"1box_vert_left": records[0::2], "2box_hori_right": records[1::2]}
+    assert sum(len(g) for g in groups.values()) == n and len(groups["1box_vert_left"]) >= half
     return {
         "policy": "RUN_DIR",
+        "episodes": n,
         "seed": 1000,
-        "success_rate": rate,
-        "collision_rate": 0.05,
-        "spl": rate * 0.8,
-        "mean_steps": 14.5,
-        "n": n,
-        "intervals": {
-            "success_rate": [low, high],
-            "collision_rate": [0.01, 0.2],
-            "spl": [low * 0.8, high * 0.8],
-        },
-        "per_scenario": {
-            "1box_vert_left": {
-                "success_rate": successes / n,
-                "n": half,
-                "intervals": {"success_rate": [low, high]},
-            },
-            "2box_hori_right": {
-                "success_rate": successes / n,
-                "n": n - half,
-                "intervals": {"success_rate": [low, high]},
-            },
-        },
+        "max_steps": 18,
+        "scenarios": sorted(groups),
+        **summarize(records),
+        "per_scenario": {k: summarize(v) for k, v in sorted(groups.items())},
     }

@@ -115,3 +115,55 @@ def test_predict_applies_the_text_standardisation_like_a_call():
     with torch.no_grad():
         called = policy(dict(features))["action"]
     assert torch.allclose(policy.predict(dict(features)), called)
+
+
+def test_case4_best_checkpoint_follows_the_action_loss_not_the_summed_loss(tmp_path):
+    """Defect 6: Case 4's val_loss sums action, task and state losses; selection must use the action loss."""
+    import json
+
+    from mobile_vla.backbones import create_backbone
+    from mobile_vla.data.synthetic import write_synthetic_dataset
+    from mobile_vla.training.config import TrainConfig
+    from mobile_vla.training.trainer import Trainer
+
+    data = tmp_path / "episodes"
+    write_synthetic_dataset(data, episodes=5, seed=2, image_size=(32, 40))
+    config = TrainConfig(
+        case="case4",
+        backbone="kosmos2-tiny",
+        epochs=3,
+        device="cpu",
+        early_stopping_patience=0,
+        frame_selection="first",
+        eval_frame_selection="first",
+        lr=1e-3,
+    )
+    backbone = create_backbone("kosmos2-tiny", device="cpu")
+    Trainer(config, data, tmp_path / "run", backbone=backbone, progress=False).fit()
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    action = [h["val_action_loss"] for h in history]
+    assert all(h["val_loss"] > h["val_action_loss"] for h in history)  # the sum carries task + state too
+    assert summary["monitored"] == "val_action_loss"
+    assert summary["best_epoch"] == int(np.argmin(action))
+    assert summary["best_val_action_loss"] == pytest.approx(min(action))
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_the_report_states_training_facts_not_guesses(stopped):
+    """Defect 7: no "converged"/"overfitting": epochs run of the maximum, best epoch, val/train ratio."""
+    from mobile_vla.registry.report import _training_facts
+
+    metrics = {
+        "summary/epochs_completed": 7.0,
+        "summary/early_stopped": 1.0 if stopped else 0.0,
+        "summary/best_epoch": 3.0,
+        "summary/best_val_action_loss": 0.2,
+        "train_action_loss": 0.05,
+    }
+    run = StoredRun("r", "r", "FINISHED", 0, None, {}, {"train.epochs": "20"}, metrics)
+    text = _training_facts(run)
+    assert text.startswith("trained 7 of 20 epochs") and "best epoch 3" in text and "= 4.00" in text
+    assert ("early stopping" in text) == stopped
+    for guess in ("converged", "overfit", "underfit"):
+        assert guess not in text

@@ -98,7 +98,10 @@ def test_closed_loop_round_trips_with_per_scenario_blocks_and_no_protocol_number
     record = read_run_dir(write_run_dir(tmp_path, "r1", closed_loop=sim))
     back = _stored(record).closed_loop()
     assert back["n"] == 20 and back["metrics"]["success_rate"] == pytest.approx(0.85)
-    assert back["intervals"]["success_rate"] == sim["intervals"]["success_rate"]
+    assert back["intervals"]["success_rate"] == pytest.approx(sim["success_rate_ci95"])
+    assert back["per_scenario"]["1box_vert_left"]["intervals"]["success_rate"] == pytest.approx(
+        sim["per_scenario"]["1box_vert_left"]["success_rate_ci95"]
+    )
     assert back["per_scenario"]["1box_vert_left"]["n"] == 10
     assert record.tags()["mobile_vla.closed_loop.protocol"]
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_helpers import eval_result, fresh_store, sim_result, write_run_dir
+from registry_helpers import episode_records, eval_result, fresh_store, sim_result, write_run_dir
 
 from mobile_vla.registry import (
     NullRegistry,
@@ -26,6 +26,7 @@ from mobile_vla.registry import (
     registry_run_id,
 )
 from mobile_vla.registry.record import file_sha256
+from mobile_vla.sim.evaluate import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def test_every_field_round_trips_through_the_store(store, runs):
     # closed loop
     closed = run.closed_loop()
     assert closed["n"] == 20 and closed["metrics"]["success_rate"] == 17 / 20
-    assert closed["intervals"]["success_rate"] == sim_result(17, 20)["intervals"]["success_rate"]
+    assert closed["intervals"]["success_rate"] == pytest.approx(sim_result(17, 20)["success_rate_ci95"])
     assert set(closed["per_scenario"]) == {"1box_vert_left", "2box_hori_right"}
     # checkpoint (safetensors + config) as artifacts, registered as a version of the case's model
     ckpt = store.download_artifact(run_id, "checkpoint", runs / "dl")
@@ -272,9 +273,7 @@ def test_a_new_closed_loop_evaluation_replaces_the_previous_one(store, runs):
     run_dir = write_run_dir(runs, "re_sim")
     store.log_closed_loop(run_dir, sim_result(5, 10))
     newer = sim_result(18, 20)
-    newer["per_scenario"] = {
-        "2box_vert_right": {"success_rate": 0.9, "n": 20, "intervals": {"success_rate": [0.7, 0.97]}}
-    }
+    newer["per_scenario"] = {"2box_vert_right": summarize(episode_records(18, 20))}
     store.log_closed_loop(run_dir, newer)
     closed = store.get_run(run_dir).closed_loop()
     assert closed["n"] == 20 and closed["metrics"]["success_rate"] == 0.9
