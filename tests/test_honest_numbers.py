@@ -24,6 +24,8 @@ def test_closed_loop_interval_from_the_simulators_own_summary_reaches_the_store(
     }
     stored = unflatten_results(closed_loop_metrics(result), "closed_loop")
     assert stored["intervals"]["success_rate"] == pytest.approx(result["success_rate_ci95"])
+    # Every closed-loop number the simulator reports comes with its interval, the mean steps included.
+    assert set(stored["metrics"]) - {"n", "episodes"} <= set(stored["intervals"])
     per = unflatten_results(closed_loop_metrics(result), "closed_loop/per_scenario/1box_vert_left")
     assert "success_rate" in per["intervals"]
 

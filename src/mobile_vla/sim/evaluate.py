@@ -42,11 +42,12 @@ def _rate(flags: Sequence[bool]) -> dict[str, Any]:
     return {"rate": k / n, "ci95": list(wilson_interval(k, n)), "n": n}
 
 
-def _mean(values: Sequence[float]) -> dict[str, Any]:
+def _mean(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Mean with a normal-approximation 95% interval, clipped to the quantity's `bounds`."""
     n = len(values)
     mean = float(np.mean(values))
     half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "ci95": [max(0.0, mean - half), min(1.0, mean + half)], "n": n}
+    return {"mean": mean, "ci95": [max(bounds[0], mean - half), min(bounds[1], mean + half)], "n": n}
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     success = _rate([r["success"] for r in records])
     collision = _rate([r["collided"] for r in records])
     spl = _mean([r["spl"] for r in records])
+    steps = _mean([float(r["steps"]) for r in records], bounds=(0.0, math.inf))
+    distance = _mean([float(r["distance_to_goal"]) for r in records], bounds=(0.0, math.inf))
     return {
         "n": len(records),
         "success_rate": success["rate"],
@@ -63,8 +66,14 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "collision_rate_ci95": collision["ci95"],
         "spl": spl["mean"],
         "spl_ci95": spl["ci95"],
-        "mean_steps": float(np.mean([r["steps"] for r in records])),
-        "mean_distance_to_goal": float(np.mean([r["distance_to_goal"] for r in records])),
+        "mean_steps": steps["mean"],
+        "mean_distance_to_goal": distance["mean"],
+        # An interval for the unbounded means needs two episodes or more (none is written otherwise).
+        **{
+            f"{key}_ci95": value["ci95"]
+            for key, value in (("mean_steps", steps), ("mean_distance_to_goal", distance))
+            if all(math.isfinite(x) for x in value["ci95"])
+        },
     }
 
 
