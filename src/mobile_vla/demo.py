@@ -198,7 +198,9 @@ def run_demo(
         m, ci = offline["metrics"], offline["intervals"]
         rate = closed["success_rate"]
         print(
-            f"   {case}: test MAE {m['mae']:.3f} [{ci['mae'][0]:.3f}, {ci['mae'][1]:.3f}] (n={offline['n']} frames)"
+            f"   {case}: test MAE {m['mae']:.3f} [{ci['mae'][0]:.3f}, {ci['mae'][1]:.3f}]"
+            f" (n={offline['n_frames']} frames from {offline['n_episodes']} episodes,"
+            " by-episode bootstrap)"
             f" | closed-loop success {_fmt_rate(closed)}",
             flush=True,
         )
