@@ -158,6 +158,14 @@ def test_stats_cli_reports_scenarios_actions_and_saves_a_plot(episodes_dir, tmp_
     assert set(stats["actions"]["linear_y"]["values"]) <= {"-1.15", "0", "1.15"}
     assert stats["per_pattern"] == {"core": 8, "variant": 4}
     assert png.stat().st_size > 1000
+    # What each sampling strategy would draw, beside the data (issue 18): balanced draws 30% variant frames.
+    sampling = stats["sampling"]
+    assert set(sampling) == {"data", "balanced", "balanced+classes"}
+    assert sampling["data"]["pattern"]["variant"] == pytest.approx(4 / 12)
+    assert sampling["balanced"]["pattern"]["variant"] == pytest.approx(0.3)
+    for shares in sampling.values():
+        assert sum(shares["action_class"].values()) == pytest.approx(1.0)
+    assert (tmp_path / "stats_sampling.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("ratios", [(0, 0.5, 0.5), (0.1, 0.45, 0.45), (0.34, 0.33, 0.33)])

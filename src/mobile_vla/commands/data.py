@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,13 @@ def register(subparsers) -> None:
     stats.add_argument("dir", help="directory of episodes")
     stats.add_argument("--plot", metavar="PNG", help="also save a plot of the distributions to this PNG")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.add_argument(
+        "--variant-ratio",
+        type=float,
+        default=0.3,
+        metavar="FRACTION",
+        help="variant share the `balanced` strategies in the sampling comparison draw (default 0.3)",
+    )
     stats.set_defaults(func=_stats)
 
     synth = sub.add_parser(
@@ -84,16 +92,79 @@ def _stats(args: argparse.Namespace) -> int:
         return 2
     stats = dataset_stats(episodes)
     stats["skipped"] = [{"file": f, "reason": r} for f, r in skipped]
+    stats["sampling"] = _sampling_comparison(episodes, args.variant_ratio) if episodes else {}
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
         print(format_stats(stats))
+        if stats["sampling"]:
+            print("\n" + _format_sampling(stats["sampling"]))
         if skipped:
             print(f"\n{len(skipped)} invalid files skipped (run `mobile-vla data validate`)")
     if args.plot:
         path = plot_stats(episodes, stats, args.plot)
         print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+        if stats["sampling"]:
+            sampling_png = _plot_sampling(stats["sampling"], Path(args.plot))
+            print(f"plot: {sampling_png}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _sampling_comparison(episodes: list, variant_ratio: float) -> dict:
+    """What each sampling strategy draws (per scenario group, pattern and key class) beside what the data
+    holds, over every frame (`frame_selection: all`)."""
+    from mobile_vla.data.dataset import EpisodeDataset
+    from mobile_vla.training.sampling import SamplingSettings, strategy_comparison
+
+    dataset = EpisodeDataset(episodes, frame_selection="all")
+    return strategy_comparison(
+        dataset,
+        {
+            "balanced": SamplingSettings("balanced", variant_ratio=variant_ratio),
+            "balanced+classes": SamplingSettings("balanced", variant_ratio=variant_ratio, class_balance=True),
+        },
+    )
+
+
+def _format_sampling(comparison: dict) -> str:
+    names = list(comparison)
+    lines = [
+        "What each sampling strategy draws (share of draws; `data` = the frames as they are, what `uniform` draws):"
+    ]
+    for facet in ("scenario", "pattern", "action_class"):
+        keys = sorted({k for shares in comparison.values() for k in shares[facet]})
+        lines.append(f"\n  {facet:<28}" + "".join(f"{n:>18}" for n in names))
+        for key in keys:
+            lines.append(
+                f"  {key:<28}" + "".join(f"{comparison[n][facet].get(key, 0.0):>17.1%} " for n in names)
+            )
+    return "\n".join(lines)
+
+
+def _plot_sampling(comparison: dict, plot: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    facets = ("scenario", "pattern", "action_class")
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 1, 2]})
+    names = list(comparison)
+    for ax, facet in zip(axes, facets, strict=True):
+        keys = sorted({k for shares in comparison.values() for k in shares[facet]})
+        x = np.arange(len(keys))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            ax.bar(x + i * width, [comparison[name][facet].get(k, 0.0) for k in keys], width, label=name)
+        ax.set_xticks(x + 0.4 - width / 2, keys, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"share of draws per {facet}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = plot.with_name(plot.stem + "_sampling" + plot.suffix)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def _synth(args: argparse.Namespace) -> int:
