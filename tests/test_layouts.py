@@ -257,3 +257,28 @@ def test_a_dataset_mixes_layouts(tmp_path):
     assert sorted(e.layout for e in ds.episodes) == ["v3", "v3", "v5", "v6"]
     item = ds[len(ds) - 1]
     assert item["image"].size == (32, 24) and item["action"].shape == (2,)
+
+
+def test_velocities_map_to_the_lab_key_classes():
+    def names(rows):
+        return [KEY_CLASSES[c] for c in action_classes_for(np.array(rows, dtype=np.float64))]
+
+    assert names([[1.15, 0, 0], [0, 1.15, 0], [0, -1.15, 0], [-1.15, 0, 0]]) == [
+        "FORWARD",
+        "LEFT",
+        "RIGHT",
+        "BACK",
+    ]
+    assert names([[1.15, 1.15], [1.15, -1.15], [-1.15, 1.15], [-1.15, -1.15]]) == [
+        "FORWARD_LEFT",
+        "FORWARD_RIGHT",
+        "BACK_LEFT",
+        "BACK_RIGHT",
+    ]
+    assert names([[0, 0, 0], [0, 0, 1.15], [0, 0, -0.8], [0.2, -0.2, 0]]) == [
+        "STOP",
+        "ROTATE_LEFT",
+        "ROTATE_RIGHT",
+        "STOP",  # below the threshold
+    ]
+    assert names([[1.15, 0, 0.9]]) == ["FORWARD"]  # rotation rides along with a linear key

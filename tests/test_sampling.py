@@ -9,6 +9,7 @@ import torch
 from fake_backbone import FakeBackbone
 from safetensors.torch import load_file
 
+from mobile_vla.data.action_space import KEY_CLASSES
 from mobile_vla.data.dataset import EpisodeDataset
 from mobile_vla.data.episodes import Scenario, write_episode
 from mobile_vla.data.synthetic import write_synthetic_episode
@@ -18,7 +19,6 @@ from mobile_vla.training.distributed import DistributedContext
 from mobile_vla.training.sampling import (
     SamplingSettings,
     WeightedGlobalBatchSampler,
-    action_class,
     draw,
     draw_shares,
     item_weights,
@@ -49,23 +49,6 @@ def write_imbalanced(directory, per_cell=None, image_size=(16, 20)):
 @pytest.fixture(scope="module")
 def imbalanced(tmp_path_factory):
     return EpisodeDataset(write_imbalanced(tmp_path_factory.mktemp("imbalanced")), frame_selection="all")
-
-
-def test_action_classes_are_the_lab_keys():
-    assert [action_class(a) for a in ([1.15, 0, 0], [0, 1.15], [0, -1.15, 0], [-1.15, 0, 0])] == [
-        "FORWARD",
-        "LEFT",
-        "RIGHT",
-        "BACK",
-    ]
-    assert [action_class(a) for a in ([1.15, 1.15], [1.15, -1.15], [-1.15, 1.15], [-1.15, -1.15])] == [
-        "FORWARD_LEFT",
-        "FORWARD_RIGHT",
-        "BACK_LEFT",
-        "BACK_RIGHT",
-    ]
-    assert action_class([0, 0, 0]) == "STOP" and action_class([0.0, 0.0, 1.15]) == "ROTATE_LEFT"
-    assert action_class([0.05, -0.05, 0]) == "STOP"  # below the threshold
 
 
 def test_uniform_draws_what_the_data_holds(imbalanced):
@@ -126,7 +109,7 @@ def test_class_balance_draws_rare_keys_more_and_keeps_the_scenario_shares(imbala
     # Within an episode, frames are weighted by min(cap, 1 / (classes x class share)), the shares being the
     # plain balanced draw's.
     episode = imbalanced.episodes[0]
-    classes = [action_class(a) for a in episode.actions]
+    classes = [KEY_CLASSES[c] for c in episode.action_classes]
     for cap in (5.0, 1.5):
         weights = item_weights(imbalanced, SamplingSettings("balanced", 0.3, True, cap))[:18]
         inv = {c: min(cap, 1 / (len(plain["action_class"]) * s)) for c, s in plain["action_class"].items()}

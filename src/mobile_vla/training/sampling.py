@@ -20,7 +20,7 @@ epoch (an epoch stays as long as a uniform one):
   same share of it.
 - episode: uniform within its (group, pattern) cell, whatever its length.
 - frame (`frame_selection: all`): uniform within the episode, or, with `class_balance`, proportional to the
-  capped inverse frequency of the frame's action class (`action_class`; frequencies counted under the episode
+  capped inverse frequency of the frame's action class (`Episode.action_classes`; frequencies counted under the episode
   draw above), normalised within the episode, so the scenario and pattern shares stay exact and only the mix of
   actions inside each episode moves towards the rare keys (pairs with a key-class head).
 
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobile_vla.data.action_space import KEY_CLASSES, action_classes_for
+from mobile_vla.data.action_space import KEY_CLASSES
 from mobile_vla.data.episodes import Scenario
 from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler
 
@@ -47,13 +47,10 @@ SAMPLING_STRATEGIES = ("uniform", "balanced")
 UNKNOWN_GROUP = "unknown"
 
 
-def action_class(action: Sequence[float] | np.ndarray) -> str:
-    """The lab's key class (`FORWARD`, `FORWARD_LEFT`, `STOP`, ...) of one `[linear_x, linear_y(, angular_z)]`
-    command: the one mapping of `mobile_vla.data.action_space`, so the sampler and the key-class head agree."""
-    a = np.asarray(action, dtype=np.float64).reshape(-1)[:3]
-    if a.size == 1:
-        a = np.array([a[0], 0.0])
-    return KEY_CLASSES[int(action_classes_for(a[None, :])[0])]
+def _item_classes(episodes: Sequence[Any], refs: Sequence[tuple[int, int]]) -> list[str]:
+    """The key class of every (episode, frame) item: `Episode.action_classes` (the file's own classes when it
+    stores them, else derived from the velocities), computed once per episode and cached there."""
+    return [KEY_CLASSES[int(episodes[e].action_classes[f])] for e, f in refs]
 
 
 def scenario_group(scenario: Scenario | None) -> str:
@@ -141,7 +138,7 @@ def item_weights(dataset: Any, settings: SamplingSettings) -> np.ndarray:
         frames_of[e].append(item)
     frame_share = np.zeros(len(refs))
     if settings.class_balance:
-        classes = [action_class(episodes[e].actions[f]) for e, f in refs]
+        classes = _item_classes(episodes, refs)
         mass: Counter[str] = Counter()
         for e, items in frames_of.items():
             for i in items:
@@ -216,12 +213,12 @@ def draw_shares(dataset: Any, weights: np.ndarray) -> dict[str, dict[str, float]
     """Expected share of draws per scenario group, pattern and action class under `weights`."""
     episodes, refs = _items(dataset)
     out: dict[str, dict[str, float]] = {"scenario": {}, "pattern": {}, "action_class": {}}
-    for (e, f), w in zip(refs, weights, strict=True):
+    for (e, _), cls, w in zip(refs, _item_classes(episodes, refs), weights, strict=True):
         scenario = episodes[e].scenario
         for key, value in (
             ("scenario", scenario_group(scenario)),
             ("pattern", scenario_pattern(scenario)),
-            ("action_class", action_class(episodes[e].actions[f])),
+            ("action_class", cls),
         ):
             out[key][value] = out[key].get(value, 0.0) + float(w)
     return {k: dict(sorted(v.items())) for k, v in out.items()}

@@ -39,7 +39,12 @@ from mobile_vla.training.checkpoints import (
 from mobile_vla.training.config import TrainConfig
 from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler, scratch_run_dir
 from mobile_vla.training.features import FeatureProvider
-from mobile_vla.training.sampling import SamplingSettings, epoch_weights, sampling_record
+from mobile_vla.training.sampling import (
+    SamplingSettings,
+    WeightedGlobalBatchSampler,
+    epoch_weights,
+    sampling_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +145,6 @@ def make_loader(
     generator = torch.Generator()  # also seeds the workers, so loading never draws from the global RNG
     generator.manual_seed(seed * 100_003 + epoch)
     if weights is not None:
-        from mobile_vla.training.sampling import WeightedGlobalBatchSampler
-
         sampler = WeightedGlobalBatchSampler(
             weights, batch_size, context or DistributedContext(), seed=seed, epoch=epoch
         )
