@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mobile_vla.data.cache import FrameRef
-from mobile_vla.data.episodes import ACTION_AXES, Episode, read_episode
+from mobile_vla.data.episodes import ACTION_AXES, Episode
 from mobile_vla.data.validation import find_episode_files, validate_episode
 
 logger = logging.getLogger(__name__)
@@ -51,19 +51,14 @@ def load_episodes(
             report.ok = False
             reason = f"duplicate episode id {path.stem!r}: already loaded from {seen[path.stem]}"
         if report.ok:
-            try:
-                episode = read_episode(path)
-                if episode.is_session and not include_sessions:
-                    logger.warning("leaving out %s: an inference-session log (evaluation data)", path)
-                    skipped.append(
-                        (str(path), "inference-session log (evaluation data), not a demonstration")
-                    )
-                    continue
-                episodes.append(episode)
-                seen[path.stem] = path
+            episode = report.episode  # validation opened it as training will; not opened twice
+            if episode.is_session and not include_sessions:
+                logger.warning("leaving out %s: an inference-session log (evaluation data)", path)
+                skipped.append((str(path), "inference-session log (evaluation data), not a demonstration"))
                 continue
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+            episodes.append(episode)
+            seen[path.stem] = path
+            continue
         if strict:
             raise ValueError(f"{path}: invalid episode: {reason}")
         logger.error("skipping invalid episode %s: %s", path, reason)

@@ -4,7 +4,8 @@ problem with its file and key. Never raises on a bad file."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from copy import copy
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ class ValidationReport:
     instruction_source: str | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The opened `Episode` of a valid file (validation opens it as training will), so a loader need not open
+    # it again; not part of the report's JSON.
+    episode: Any = field(default=None, repr=False, compare=False)
 
     def error(self, key: str, message: str) -> None:
         self.ok = False
@@ -44,7 +48,7 @@ class ValidationReport:
         self.warnings.append(f"{key}: {message}" if key else message)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: copy(getattr(self, f.name)) for f in fields(self) if f.name != "episode"}
 
 
 def find_episode_files(root: str | Path) -> list[Path]:
@@ -153,6 +157,7 @@ def _check_episode(path: Path, report: ValidationReport) -> None:
     except Exception as exc:
         report.error("", f"{exc}")
         return
+    report.episode = episode
     scenario = episode.scenario
     report.instruction = episode.instruction
     report.instruction_source = episode.instruction_source
