@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mobile_vla.evaluation.metrics import group_codes
+
 
 def paired_bootstrap_difference(
     a: Sequence[float] | np.ndarray,
@@ -42,13 +44,7 @@ def paired_bootstrap_difference(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     diff = a - b  # (N,)
-    if groups is None:
-        codes = np.arange(diff.size)
-    else:
-        labels = np.asarray(groups)
-        if labels.shape != diff.shape:
-            raise ValueError(f"groups must hold one label per row ({diff.size}), got shape {labels.shape}")
-        codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    codes = np.arange(diff.size) if groups is None else group_codes(groups, diff.size)
     n_groups = int(codes.max()) + 1
     sums = np.bincount(codes, weights=diff, minlength=n_groups)  # (G,) summed difference per group
     sizes = np.bincount(codes, minlength=n_groups).astype(np.float64)  # (G,) rows per group
