@@ -411,20 +411,34 @@ def test_clip_tiny_encoder(tmp_path):
     assert all(not p.requires_grad for p in clip.model.parameters()) and not clip.model.training
 
 
-def test_clip_offline_fails_fast_or_falls_back_to_tiny_and_says_so(monkeypatch, tmp_path, caplog):
+def test_clip_offline_fails_fast_or_falls_back_to_the_pretrained_reference(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(BackboneUnavailableError, match="openai/clip-vit-base-patch32"):
         create_clip_encoder(device="cpu")
     assert time.monotonic() - start < 2.0
-    clip = resolve_clip_encoder(device="cpu", tiny_path=str(tmp_path / "clip"))
-    assert clip.pretrained is False
-    assert (
-        clip.fallback["requested"] == "openai/clip-vit-base-patch32" and clip.fallback["used"] == "clip-tiny"
-    )
+    reference = resolve_clip_encoder(device="cpu")
+    assert reference.pretrained is True and reference.fingerprint["encoder"] == "reference-image"
+    assert reference.fallback["requested"] == "openai/clip-vit-base-patch32"
+    assert reference.fallback["used"] == "efficientnet-lite0" and "RANDOM" not in caplog.text
+    # The random CLIP only when named, and then the log says so.
+    tiny = resolve_clip_encoder(device="cpu", fallback="clip-tiny", tiny_path=str(tmp_path / "clip"))
+    assert tiny.pretrained is False and tiny.fallback["used"] == "clip-tiny"
     assert "RANDOM weights" in caplog.text
     with pytest.raises(BackboneUnavailableError):
         resolve_clip_encoder(device="cpu", allow_fallback=False)
+
+
+def test_the_reference_embedding_is_the_lite_image_towers_pooled_feature():
+    reference = create_clip_encoder("efficientnet-lite0", device="cpu")
+    lite = create_backbone("lite", device="cpu")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+    feats = reference.encode_images(images)
+    assert feats.shape == (2, reference.dim) == (2, lite.vision_dim)
+    torch.testing.assert_close(feats, lite.encode_images(images), atol=1e-5, rtol=1e-5)
+    assert create_clip_encoder(**reference.spec()).fingerprint_hash == reference.fingerprint_hash
+    assert reference.fingerprint_hash != lite.fingerprint_hash  # its own name and fingerprint
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------

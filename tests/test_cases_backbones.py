@@ -78,18 +78,30 @@ def test_every_case_runs_on_the_backbones_features(case, backbone, episodes):
     assert torch.isfinite(loss) and logs
 
 
-def test_case2_without_its_clip_uses_the_tiny_random_one_and_records_it(backbone, tmp_path):
+def test_case2_without_its_clip_uses_the_pretrained_reference_and_records_it(backbone, tmp_path):
     missing = str(tmp_path / "no_clip_here")  # unavailable even where the real CLIP is in the HF cache
     policy, extra = build_policy("case2", backbone, device="cpu", clip_model=missing, **SMALL["case2"])
     assert policy.config.clip_model == missing  # what was asked for
-    assert policy.config.clip_used == "clip-tiny" and policy.config.clip_pretrained is False
+    assert policy.config.clip_used == "efficientnet-lite0" and policy.config.clip_pretrained is True
     record = extra["clip_image"].record
-    assert record["pretrained"] is False and record["fallback"]["requested"] == missing
-    assert policy.dims.extra["clip_image"] == extra["clip_image"].dim
-    # A reloaded run builds exactly the recorded CLIP, with the same weights.
+    assert record["pretrained"] is True and record["fallback"]["requested"] == missing
+    assert record["fingerprint"]["encoder"] == "reference-image"
+    assert policy.dims.extra["clip_image"] == extra["clip_image"].dim == 1280
+    # A reloaded run builds exactly the recorded encoder, with the same weights.
     again, extra_again = build_policy("case2", backbone, device="cpu", **policy.config.to_dict())
     assert extra_again["clip_image"].record["fingerprint_hash"] == record["fingerprint_hash"]
     assert again.config == policy.config
+
+
+def test_case2_uses_the_random_clip_only_when_asked_and_records_it(backbone, tmp_path):
+    missing = str(tmp_path / "no_clip_here")
+    policy, extra = build_policy(
+        "case2", backbone, device="cpu", clip_model=missing, clip_fallback="clip-tiny", **SMALL["case2"]
+    )
+    assert policy.config.clip_used == "clip-tiny" and policy.config.clip_pretrained is False
+    assert extra["clip_image"].record["pretrained"] is False
+    with pytest.raises(ValueError, match="clip_fallback"):
+        build_policy("case2", backbone, device="cpu", clip_fallback="resnet", **SMALL["case2"])
 
 
 def test_case2_trains_reloads_and_acts_on_kosmos2_tiny(episodes, tmp_path):

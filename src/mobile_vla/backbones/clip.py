@@ -34,6 +34,7 @@ from mobile_vla.backbones.base import (
 )
 from mobile_vla.backbones.hub import load_pretrained, snapshot_commit
 from mobile_vla.backbones.kosmos2 import image_preprocessing_summary, resolved_model_dir, weight_files
+from mobile_vla.backbones.reference import REFERENCE_IMAGE_NAME, ReferenceImageEncoder
 from mobile_vla.backbones.tiny import ensure_tiny_clip, is_tiny_dir
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,12 @@ def create_clip_encoder(
     dtype: str = "fp32",
     revision: str | None = None,
     tiny_path: str | None = None,
-) -> CLIPImageEncoder:
-    """Load a frozen CLIP image encoder; ``'clip-tiny'`` builds the tiny random one. Fails fast when offline."""
+) -> CLIPImageEncoder | ReferenceImageEncoder:
+    """Load a frozen image encoder for Case 2: a CLIP (hub id or directory; fails fast when offline),
+    ``'clip-tiny'`` (the tiny random CLIP, for tests) or ``'efficientnet-lite0'`` (the pretrained reference
+    embedding, see ``mobile_vla.backbones.reference``)."""
+    if name_or_path == REFERENCE_IMAGE_NAME:
+        return ReferenceImageEncoder(name_or_path, device=device, dtype=dtype)
     return CLIPImageEncoder(name_or_path, revision=revision, device=device, dtype=dtype, tiny_path=tiny_path)
 
 
@@ -194,27 +199,39 @@ def resolve_clip_encoder(
     dtype: str = "fp32",
     revision: str | None = None,
     allow_fallback: bool = True,
+    fallback: str = REFERENCE_IMAGE_NAME,
     tiny_path: str | None = None,
-) -> CLIPImageEncoder:
-    """The requested CLIP, or ``clip-tiny`` when it cannot be had and ``allow_fallback`` (logged, recorded).
+) -> CLIPImageEncoder | ReferenceImageEncoder:
+    """The requested encoder, or ``fallback`` when it cannot be had and ``allow_fallback`` (logged, recorded).
 
-    The returned encoder's ``fallback`` is ``None`` when the requested CLIP loaded, else
-    ``{"requested": name_or_path, "used": "clip-tiny", "reason": <error message>}``: store it in the run config.
+    The fallback is the pretrained reference embedding (``efficientnet-lite0``) unless another is named; the
+    tiny *random* CLIP is used only when named explicitly (as ``name_or_path`` or ``fallback``). The returned
+    encoder's ``fallback`` is ``None`` when the requested one loaded, else
+    ``{"requested": name_or_path, "used": <fallback>, "reason": <error message>}``: store it in the run config.
     """
     try:
         return create_clip_encoder(
             name_or_path, device=device, dtype=dtype, revision=revision, tiny_path=tiny_path
         )
     except BackboneUnavailableError as err:
-        if not allow_fallback or name_or_path == TINY_CLIP_NAME:
+        if not allow_fallback or name_or_path in (TINY_CLIP_NAME, REFERENCE_IMAGE_NAME):
             raise
-        logger.warning(
-            "CLIP %r is not available (%s). Falling back to %r: RANDOM weights, so Case 2's CLIP alignment is "
-            "not meaningful in this run; the run config records it.",
-            name_or_path,
-            err,
-            TINY_CLIP_NAME,
-        )
-        encoder = create_clip_encoder(TINY_CLIP_NAME, device=device, dtype=dtype, tiny_path=tiny_path)
-        encoder.fallback = {"requested": name_or_path, "used": TINY_CLIP_NAME, "reason": str(err)}
+        if fallback == TINY_CLIP_NAME:
+            logger.warning(
+                "CLIP %r is not available (%s). Falling back to %r: RANDOM weights, so Case 2's CLIP alignment "
+                "is not meaningful in this run; the run config records it and the registry does not rank it.",
+                name_or_path,
+                err,
+                fallback,
+            )
+        else:
+            logger.warning(
+                "CLIP %r is not available (%s). Using the pretrained reference image embedding %r instead (a "
+                "documented departure, not a CLIP); the run config records it.",
+                name_or_path,
+                err,
+                fallback,
+            )
+        encoder = create_clip_encoder(fallback, device=device, dtype=dtype, tiny_path=tiny_path)
+        encoder.fallback = {"requested": name_or_path, "used": fallback, "reason": str(err)}
         return encoder

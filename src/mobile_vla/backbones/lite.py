@@ -63,6 +63,16 @@ def minilm_dir() -> Path:
     return Path(get_model_path())
 
 
+def lite_pixels(images: list[Image.Image], size: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 3, size, size) EfficientNet-Lite input: whole frame resized (bicubic, no crop), TF-Lite mean/std."""
+    arrays = [np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8) for img in images]
+    pixels = torch.from_numpy(np.stack(arrays)).to(device)  # (B, H, W, 3) uint8
+    pixels = pixels.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+    mean = torch.tensor(LITE_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(LITE_STD, device=pixels.device).view(1, 3, 1, 1)
+    return ((pixels - mean) / std).to(dtype)
+
+
 def load_efficientnet_lite0() -> torch.nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -105,16 +115,10 @@ class LiteBackbone(Backbone):
         self.text = freeze(text_model).to(self.device)
         self.text_dim = int(self.text.config.hidden_size)
         self.max_text_tokens = min(MINILM_MAX_TOKENS, int(self.text.config.max_position_embeddings))
-        self._mean = torch.tensor(LITE_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(LITE_STD, device=self.device).view(1, 3, 1, 1)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, 3, 224, 224) normalised pixels: whole frame resized (no crop), TF-Lite mean/std."""
-        size = (self.image_size, self.image_size)
-        arrays = [np.asarray(img.resize(size, Image.BICUBIC), dtype=np.uint8) for img in images]
-        pixels = torch.from_numpy(np.stack(arrays)).to(self.device)  # (B, H, W, 3) uint8
-        pixels = pixels.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
-        return ((pixels - self._mean) / self._std).to(self.torch_dtype)
+        return lite_pixels(images, self.image_size, self.device, self.torch_dtype)
 
     def _encode_images_with_tokens(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.vision.extract_features(self.preprocess(images))  # (B, C, 7, 7)

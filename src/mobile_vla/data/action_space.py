@@ -130,3 +130,55 @@ def parse_class_names(value: Any) -> list[str] | None:
     if len(names) < 2 or any(n not in KEY_CLASSES for n in names):
         return None
     return names
+
+
+_AXES = ("linear_x", "linear_y", "angular_z")
+DEFAULT_KEY_SPEED = 1.15
+"""The lab's teleop speed: a pressed key commands +-1.15 on its axis."""
+
+
+class KeySpace:
+    """The key classes a head over ``action_dims`` can tell apart, and their commands.
+
+    A class belongs when it moves only along ``action_dims`` (for ``("linear_x", "linear_y")``: STOP and the
+    eight translations; the rotations need ``angular_z``). ``velocities[c]`` is class c's command over
+    ``action_dims`` (each pressed axis at ``speed``); ``classify`` maps recorded commands to class indices,
+    with axes outside ``action_dims`` taken as 0, so the result always is one of ``names``.
+    """
+
+    def __init__(self, action_dims: Sequence[str], speed: float = DEFAULT_KEY_SPEED) -> None:
+        bad = [a for a in action_dims if a not in _AXES]
+        if bad or not action_dims:
+            raise ValueError(f"action_dims {list(action_dims)!r} must be a non-empty subset of {_AXES}")
+        if not (isinstance(speed, (int, float)) and speed > 0):
+            raise ValueError(f"key speed must be a positive number, got {speed!r}")
+        self.action_dims = tuple(action_dims)
+        self.speed = float(speed)
+        axes = [_AXES.index(a) for a in self.action_dims]
+        self.key_indices = [
+            i
+            for i, name in enumerate(KEY_CLASSES)
+            if not any(_DIRECTIONS[name][j] for j in range(3) if j not in axes)
+        ]
+        self.names = tuple(KEY_CLASSES[i] for i in self.key_indices)
+        self.velocities = np.array(
+            [[_DIRECTIONS[name][j] * self.speed for j in axes] for name in self.names], np.float32
+        )  # (C, A)
+        self._axes = axes
+        self._local = np.full(NUM_KEY_CLASSES, -1, np.int64)
+        self._local[self.key_indices] = np.arange(len(self.key_indices))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def classify(self, actions: np.ndarray) -> np.ndarray:
+        """``(..., len(action_dims))`` commands -> ``(...)`` int64 indices into ``names``."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.shape[-1] != len(self.action_dims):
+            raise ValueError(
+                f"actions must be (..., {len(self.action_dims)}) over {self.action_dims}, got {a.shape}"
+            )
+        full = np.zeros(a.shape[:-1] + (3,))
+        full[..., self._axes] = a
+        return self._local[action_classes_for(full)]

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from mobile_vla.data.action_space import DEFAULT_KEY_SPEED, KeySpace
+
 DEFAULT_ACTION_DIMS: tuple[str, ...] = ("linear_x", "linear_y")
+ACTION_SPACES: tuple[str, ...] = ("continuous", "keys")
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,18 @@ class PolicyConfig:
     Attributes:
         action_dims: names of the action axes the head predicts, in order (a subset of the episode's
             ``linear_x, linear_y, angular_z``). The seed hard-coded 2; here it is a choice.
+        action_space: ``continuous`` (the seed: regress the velocities with the Huber loss) or ``keys``
+            (classify the lab's key command, ``mobile_vla.data.action_space.KeySpace``: the head outputs one
+            logit per key class that moves only along ``action_dims``, is trained with cross-entropy, and
+            commands the arg-max class's velocity). Keys is what the lab moved to on its robot: teleop
+            commands are 0 or +-1.15 per axis, and a regression head averages a left/right decision into a
+            weak sideways drift.
+        key_speed: the velocity of a pressed key on its axis, for ``action_space: keys`` (teleop: 1.15).
     """
 
     action_dims: tuple[str, ...] = DEFAULT_ACTION_DIMS
+    action_space: str = "continuous"
+    key_speed: float = DEFAULT_KEY_SPEED
 
     def __post_init__(self) -> None:
         if isinstance(self.action_dims, str):
@@ -119,10 +132,25 @@ class PolicyConfig:
         bad = [a for a in self.action_dims if a not in known]
         if bad:
             raise ValueError(f"action_dims {bad!r} are not episode axes; choose from {known}")
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(
+                f"{type(self).__name__}.action_space must be one of {ACTION_SPACES}, got {self.action_space!r}"
+            )
+        check_positive(type(self).__name__, key_speed=self.key_speed)
 
     @property
     def action_dim(self) -> int:
         return len(self.action_dims)
+
+    def key_space(self) -> KeySpace | None:
+        """The key classes of ``action_space: keys`` (None for continuous actions)."""
+        return KeySpace(self.action_dims, self.key_speed) if self.action_space == "keys" else None
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the head's last layer: one value per action axis, or one logit per key class."""
+        keys = self.key_space()
+        return keys.num_classes if keys else self.action_dim
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; ``from_dict(to_dict())`` gives back an equal config."""
@@ -186,9 +214,15 @@ class ExtraFeature:
 class Policy(nn.Module):
     """Base class of every case's head.
 
-    Subclasses set ``config_class`` and ``required_features`` and implement ``forward``. The default
-    ``compute_loss`` is the standard recipe's Huber loss on ``outputs["action"]`` vs ``batch["action"]``;
-    cases with auxiliary losses override it and add their terms to ``logs``.
+    Subclasses set ``config_class`` and ``required_features`` and implement ``forward``, whose last layer has
+    ``config.output_dim`` outputs. The default ``compute_loss`` is the standard recipe's Huber loss on
+    ``outputs["action"]`` vs ``batch["action"]`` (cross-entropy over the key classes for
+    ``action_space: keys``); cases with auxiliary losses override it, use ``action_loss_terms`` for the
+    action part and add their terms to ``logs``.
+
+    With ``action_space: keys`` a forward hook turns the head's outputs into commands: ``action`` (and
+    ``action_chunk``) become the arg-max class's velocity and the raw outputs stay as ``action_logits``
+    (``action_chunk_logits``), so everything downstream (metrics, the simulator, the server) sees velocities.
     """
 
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
@@ -218,6 +252,10 @@ class Policy(nn.Module):
         self.register_buffer("text_mean", torch.zeros(self.dims.text))
         self.register_buffer("text_std", torch.ones(self.dims.text))
         self.register_forward_pre_hook(_standardise_text)
+        self.key_space = config.key_space()
+        if self.key_space is not None:
+            self.register_buffer("key_velocities", torch.from_numpy(self.key_space.velocities))  # (C, A)
+            self.register_forward_hook(_decode_keys)
 
     def set_text_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise the `text` feature as (text - mean) / std from now on (std floored at 1e-3)."""
@@ -242,10 +280,25 @@ class Policy(nn.Module):
     def compute_loss(
         self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The standard recipe's loss: Huber(delta) between predicted and recorded actions."""
-        target = batch["action"].to(outputs["action"].device, outputs["action"].dtype)  # (B, A)
-        loss = self.action_criterion(outputs["action"], target)
+        """The standard recipe's loss: Huber(delta) between predicted and recorded actions (for
+        ``action_space: keys``, cross-entropy against the recorded command's key class)."""
+        loss = self.action_loss_terms(outputs, "action", batch["action"]).mean()
         return loss, {"action_loss": float(loss.detach())}
+
+    def action_loss_terms(
+        self, outputs: Mapping[str, torch.Tensor], key: str, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample action loss ``(...)`` of ``outputs[key]`` (``(..., A)``) against recorded commands
+        ``target`` (``(..., A)``): the Huber loss averaged over the axes, or, for ``action_space: keys``, the
+        cross-entropy of ``outputs[key + "_logits"]`` against the commands' key classes."""
+        if self.key_space is None:
+            pred = outputs[key]
+            delta = float(getattr(self.action_criterion, "delta", 0.1))
+            return F.huber_loss(pred, target.to(pred), reduction="none", delta=delta).mean(dim=-1)
+        logits = outputs[key + "_logits"]  # (..., C)
+        classes = torch.from_numpy(self.key_space.classify(target.detach().cpu().numpy())).to(logits.device)
+        flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), classes.reshape(-1), reduction="none")
+        return flat.view(classes.shape)
 
     @classmethod
     def prepare_features(
@@ -300,6 +353,19 @@ class Policy(nn.Module):
 TEXT_CLIP = 10.0
 """Standardised text features are clipped to +-this: an instruction unlike any seen in training (a paraphrase)
 would otherwise land far outside what the head was trained on."""
+
+
+def _decode_keys(module: Policy, args: tuple[Any, ...], outputs: Any) -> Any:
+    """Forward hook of ``action_space: keys``: logits -> the arg-max key class's command, logits kept."""
+    if not isinstance(outputs, Mapping):
+        return None
+    decoded = dict(outputs)
+    for key in ("action", "action_chunk"):
+        if key in outputs and key + "_logits" not in outputs:
+            logits = outputs[key]  # (..., C)
+            decoded[key + "_logits"] = logits
+            decoded[key] = module.key_velocities[logits.argmax(dim=-1)]  # (..., A)
+    return decoded
 
 
 def _standardise_text(module: Policy, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -61,7 +61,7 @@ class Simplified2DActionModelV2(Policy):
         h = config.hidden_dim
         self.vision_proj = nn.Linear(self.dims.vision, h)
         self.text_proj = nn.Linear(self.dims.text, h)
-        self.head = MLPHead([2 * h, 2 * h, h, h // 2, config.action_dim], config.activation, config.dropout)
+        self.head = MLPHead([2 * h, 2 * h, h, h // 2, config.output_dim], config.activation, config.dropout)
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         vision = self.vision_proj(features["vision"])  # (B, h)

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mobile_vla.backbones.clip import TINY_CLIP_NAME
+from mobile_vla.backbones.reference import REFERENCE_IMAGE_NAME
 from mobile_vla.policies.base import ExtraFeature, FeatureDims, Policy, PolicyConfig
 from mobile_vla.policies.case1 import CASE1_TRAIN, Simplified2DConfig
 from mobile_vla.policies.heads import MLPHead
@@ -41,9 +43,15 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
         sample alone; nothing in the head mixes the batch axis.
       * The CLIP embedding is a *feature* (``clip_image``) computed by a frozen CLIP outside the head, like
         the Kosmos-2 features, so it can be cached and the head's checkpoint holds only trainable weights.
-      * Offline, when the pretrained CLIP cannot be loaded, the run falls back to ``clip-tiny`` (a tiny,
-        randomly initialised CLIP) and says so: ``clip_used`` and ``clip_pretrained`` record what was used,
-        so the registry can tell such runs apart.
+      * Offline, when the pretrained CLIP cannot be loaded, the run uses a *pretrained reference image
+        embedding* instead: ``efficientnet-lite0`` (ImageNet EfficientNet-Lite0, its pooled final map;
+        ``mobile_vla.backbones.reference``), which installs from PyPI. It is not a CLIP (not aligned with
+        language), so this is a departure, recorded in ``clip_used``/``clip_pretrained`` and in the feature's
+        fingerprint. Until this change the fallback was ``clip-tiny``, a tiny *random* CLIP: it fed noise into
+        half of the fused vision vector and the alignment loss pulled the resampled tokens towards that noise;
+        Case 2 then predicted ``linear_y`` ~ 0 on every frame (R^2 0.003) and never went around a box (0% in
+        closed loop). The random CLIP is still there for tests and ablations, only when named
+        (``clip_model: clip-tiny`` or ``clip_fallback: clip-tiny``); the registry never ranks such a run.
       * Like Case 1, no output LayerNorm.
 
     Attributes:
@@ -53,12 +61,15 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
         resampler_depth: resampler blocks (cross-attention, self-attention, FFN).
         resampler_dim: width of the resampler's latents; None = ``hidden_dim``.
         clip_model: the CLIP whose image embedding is fused: a hub id (seed: ViT-B-32 ``openai`` =
-            ``openai/clip-vit-base-patch32``), a local directory, or ``clip-tiny``.
-        clip_allow_fallback: when ``clip_model`` cannot be loaded (no network, no local copy), use the tiny
-            random CLIP (``clip-tiny``) with a warning instead of failing.
-        clip_used: the CLIP that actually computed ``clip_image`` (filled in by ``resolve_clip``; a reloaded
-            run builds exactly this one). None until resolved.
-        clip_pretrained: whether ``clip_used`` has pretrained weights (False for the tiny random fallback).
+            ``openai/clip-vit-base-patch32``), a local directory, ``efficientnet-lite0`` (the reference
+            embedding directly) or ``clip-tiny``.
+        clip_allow_fallback: when ``clip_model`` cannot be loaded (no network, no local copy), use
+            ``clip_fallback`` with a warning instead of failing.
+        clip_fallback: the encoder used then: ``efficientnet-lite0`` (the pretrained reference embedding,
+            default) or ``clip-tiny`` (random weights; such runs are labelled and never ranked).
+        clip_used: the encoder that actually computed ``clip_image`` (filled in by ``resolve_clip``; a
+            reloaded run builds exactly this one). None until resolved.
+        clip_pretrained: whether ``clip_used`` has pretrained weights (False for ``clip-tiny``).
         clip_loss_weight: weight of the auxiliary ``1 - cos(z_v, z_c)`` alignment loss (0 disables it).
     """
 
@@ -68,6 +79,7 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
     resampler_dim: int | None = None
     clip_model: str = DEFAULT_CLIP
     clip_allow_fallback: bool = True
+    clip_fallback: str = REFERENCE_IMAGE_NAME
     clip_used: str | None = None
     clip_pretrained: bool | None = None
     clip_loss_weight: float = 0.1
@@ -79,6 +91,11 @@ class CLIPNormalized2DConfig(Simplified2DConfig):
             raise ValueError(f"{name}.clip_loss_weight must be a number >= 0, got {self.clip_loss_weight!r}")
         if not isinstance(self.clip_model, str) or not self.clip_model:
             raise ValueError(f"{name}.clip_model must name a CLIP (hub id, directory or clip-tiny), got {self.clip_model!r}")  # fmt: skip
+        if self.clip_fallback not in (REFERENCE_IMAGE_NAME, TINY_CLIP_NAME):
+            raise ValueError(
+                f"{name}.clip_fallback must be {REFERENCE_IMAGE_NAME!r} (pretrained reference embedding) or "
+                f"{TINY_CLIP_NAME!r} (random CLIP), got {self.clip_fallback!r}"
+            )
         self.resampler_config()  # validates the resampler sizes, naming the bad one
 
     def resampler_config(self) -> ResamplerConfig:
@@ -121,7 +138,7 @@ class CLIPNormalized2DActionModelV2(Policy):
         self.clip_proj = nn.Linear(self.resampler.out_dim, self.clip_dim)
         self.vision_proj = nn.Linear(2 * self.clip_dim, h)
         self.text_proj = nn.Linear(self.dims.text, h)
-        self.head = MLPHead([2 * h, 2 * h, h, h // 2, config.action_dim], config.activation, config.dropout)
+        self.head = MLPHead([2 * h, 2 * h, h, h // 2, config.output_dim], config.activation, config.dropout)
 
     @classmethod
     def prepare_features(
@@ -162,7 +179,8 @@ def resolve_clip(config: CLIPNormalized2DConfig, device: str = "cpu") -> tuple[A
 
     A config that already names ``clip_used`` (a reloaded run) builds exactly that one, never a fallback.
     Otherwise ``clip_model`` is tried, and when it cannot be had (offline) and ``clip_allow_fallback`` is set,
-    the tiny random CLIP is used with a warning (``clip_pretrained=False`` then says so).
+    ``clip_fallback`` is used with a warning (the pretrained reference embedding unless ``clip-tiny`` is
+    named; ``clip_pretrained`` says which).
     """
     from mobile_vla.backbones import create_clip_encoder, resolve_clip_encoder
 
@@ -170,7 +188,10 @@ def resolve_clip(config: CLIPNormalized2DConfig, device: str = "cpu") -> tuple[A
         encoder = create_clip_encoder(config.clip_used, device=device)
     else:
         encoder = resolve_clip_encoder(
-            config.clip_model, device=device, allow_fallback=config.clip_allow_fallback
+            config.clip_model,
+            device=device,
+            allow_fallback=config.clip_allow_fallback,
+            fallback=config.clip_fallback,
         )
     used = encoder.fallback["used"] if encoder.fallback else (config.clip_used or config.clip_model)
     resolved = config.replace(clip_used=used, clip_pretrained=bool(encoder.pretrained))

@@ -11,7 +11,8 @@
 
 Loss = w_a * Huber(chunk, recorded chunk; steps past the episode's end masked)
      + w_t * cross-entropy(task_logits, scenario index)
-     + w_s * MSE(predicted states, state encoder(real future frames).detach(); past-the-end masked).
+     + w_s * MSE(predicted states, state encoder(real future frames).detach(); past-the-end masked)
+     + w_v * mean over state features of max(0, gamma - std over the batch of s_t)   (VICReg's variance term)
 
 Every operation is per sample (attention within one sample, LayerNorm over features), so one sample's chunk
 does not depend on the rest of its batch.
@@ -54,6 +55,12 @@ class RoboVLMsConfig(PolicyConfig):
         More logits than scenarios are allowed (unused), fewer are an error at training time.
       * The state targets are the model's own state encoding of the *real* future frames, detached (no
         gradient flows into the targets), so the state predictor cannot lower its loss by moving them.
+        Detaching alone still leaves a trivial zero: a state encoder that maps every frame to the same
+        vector makes every target equal to every prediction (the encoder's LayerNorm has no affine weights,
+        but a constant bias survives it). A variance term (Bardes et al., VICReg, 2022) keeps the encodings
+        of a batch apart: ``state_variance_weight * mean_j max(0, state_variance_target - std_batch(s_t)_j)``,
+        so a collapsed encoder pays ``state_variance_weight * state_variance_target``. It is a training-only
+        term over the batch; predictions stay per sample.
       * The seed trained on dummy data; here the window dataset gives real history windows, action chunks
         (masked at the episode end) and future frames.
 
@@ -79,6 +86,9 @@ class RoboVLMsConfig(PolicyConfig):
         action_loss_weight: w_a, weight of the chunk's Huber loss.
         task_loss_weight: w_t, weight of the task cross-entropy.
         state_loss_weight: w_s, weight of the state-prediction MSE.
+        state_variance_weight: w_v, weight of the variance term that keeps the state encoder from collapsing.
+        state_variance_target: gamma, the per-feature standard deviation over a batch below which the
+            variance term pays (the encodings are LayerNorm'd, so a feature's std over a batch is at most ~1).
     """
 
     hidden_dim: int = 512
@@ -101,6 +111,8 @@ class RoboVLMsConfig(PolicyConfig):
     action_loss_weight: float = 1.0
     task_loss_weight: float = 0.1
     state_loss_weight: float = 0.1
+    state_variance_weight: float = 0.1
+    state_variance_target: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +136,8 @@ class RoboVLMsConfig(PolicyConfig):
             raise ValueError(
                 f"{name}.activation {self.activation!r} unknown; choose from {sorted(ACTIVATIONS)}"
             )
-        for key in ("action_loss_weight", "task_loss_weight", "state_loss_weight"):
+        for key in ("action_loss_weight", "task_loss_weight", "state_loss_weight", "state_variance_weight",
+                    "state_variance_target"):  # fmt: skip
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}.{key} must be a number >= 0, got {value!r}")
@@ -232,7 +245,7 @@ class RoboVLMsCompleteModel(Policy):
         self.step_queries = nn.Parameter(torch.randn(c.max_sequence_length, h))
         self.sequencer = ResamplerBlock(h, c.num_heads, 4, c.dropout)
         self.norm_steps = nn.LayerNorm(h)
-        self.action_head = MLPHead([2 * h, 2 * h, h, h // 2, c.action_dim], c.activation, c.dropout)
+        self.action_head = MLPHead([2 * h, 2 * h, h, h // 2, c.output_dim], c.activation, c.dropout)
 
     @property
     def history_length(self) -> int:
@@ -302,7 +315,7 @@ class RoboVLMsCompleteModel(Policy):
             state = self.state_encoder(features["vision"])  # (B, S)
             delta = self.state_head(torch.cat([context, state], dim=-1))  # (B, H*S)
             states = state[:, None] + delta.view(b, c.prediction_horizon, c.state_dim)  # (B, H, S)
-            outputs["states"] = states
+            outputs.update(states=states, state=state)
             if "future_vision" in features:
                 with torch.no_grad():  # targets: the encoding of the real future frames, no gradient
                     outputs["state_targets"] = self.state_encoder(features["future_vision"])  # (B, H, S)
@@ -330,12 +343,14 @@ class RoboVLMsCompleteModel(Policy):
             chunk = chunk[:, :1]
             target = batch["action"].to(device, dtype)[:, None]  # (B, 1, A)
             mask = torch.ones(target.shape[:2], dtype=torch.bool, device=device)
-        delta = float(getattr(self.action_criterion, "delta", 0.1))
-        per_step = F.huber_loss(chunk, target, reduction="none", delta=delta).mean(dim=-1)  # (B, K)
+        steps = {"action_chunk": chunk}
+        if "action_chunk_logits" in outputs:  # action_space: keys
+            steps["action_chunk_logits"] = outputs["action_chunk_logits"][:, : chunk.shape[1]]
+        per_step = self.action_loss_terms(steps, "action_chunk", target)  # (B, K)
         chunk_loss = _masked_mean(per_step, mask)
         loss = c.action_loss_weight * chunk_loss
         with torch.no_grad():
-            first_step = F.huber_loss(chunk[:, 0], target[:, 0], delta=delta)
+            first_step = per_step[:, 0].mean()
             chunk_mae = _masked_mean((chunk - target).abs().mean(dim=-1), mask)
         logs = {
             "action_loss": float(first_step),
@@ -368,6 +383,14 @@ class RoboVLMsCompleteModel(Policy):
             state_loss = _masked_mean((states - targets).pow(2).mean(dim=-1), future_mask)
             loss = loss + c.state_loss_weight * state_loss
             logs["state_loss"] = float(state_loss.detach())
+            current = outputs["state"]  # (B, S)
+            if current.shape[0] > 1:  # a spread needs two samples
+                spread = current.std(dim=0)  # (S,)
+                variance_loss = F.relu(c.state_variance_target - spread).mean()
+                loss = loss + c.state_variance_weight * variance_loss
+                logs.update(
+                    state_variance_loss=float(variance_loss.detach()), state_std=float(spread.mean().detach())
+                )
         return loss, logs
 
 

@@ -159,6 +159,7 @@ class InferencePolicy:
             name in HISTORY_FEATURES for name in self.policy.required_features
         )
         self._frames = FrameHistory(self.history_length)
+        self._slot_histories: dict[int, FrameHistory] = {}  # act_slots: one history per episode slot
 
     @property
     def case(self) -> str:
@@ -237,6 +238,64 @@ class InferencePolicy:
         pil = [to_pil(im) for im in images]
         inputs: list[Any] = pil if self.history_length == 1 else [[im] * self.history_length for im in pil]
         return self._forward(inputs, list(instructions), t0)["action"]
+
+    def reset_slots(self, slots: Sequence[int]) -> None:
+        """Start new episodes in ``slots`` for ``act_slots`` (their frame histories are forgotten)."""
+        for slot in slots:
+            self._slot_histories[slot] = FrameHistory(max(self.history_length, 1))
+
+    def act_slots(
+        self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str], slots: Sequence[int]
+    ) -> np.ndarray:
+        """``(B, A)`` commands for the next frame of the episodes in ``slots``, in one batch.
+
+        Row i depends only on episode ``slots[i]``'s own frames: single-frame cases see one frame, history
+        cases the last W frames of that episode (front-padded at its start, exactly as ``act`` does), so
+        stepping episodes side by side gives the same commands as stepping them one at a time."""
+        if not len(images) == len(instructions) == len(slots):
+            raise ValueError(
+                f"got {len(images)} images, {len(instructions)} instructions, {len(slots)} slots"
+            )
+        from mobile_vla.training.features import HISTORY_FEATURES, to_pil
+
+        t0 = time.perf_counter()
+        frames = [to_pil(im) for im in images]
+        if self.history_length == 1:
+            return self._forward(frames, list(instructions), t0)["action"]
+        histories = self._slot_histories
+        unknown = [s for s in slots if s not in histories]
+        if unknown:
+            raise KeyError(f"slots {unknown} were never started; call reset_slots first")
+        if not self._per_frame_history:
+            windows = []
+            for frame, slot in zip(frames, slots, strict=True):
+                history = histories[slot]
+                history.push(frame)
+                windows.append(
+                    [history.frames[0]] * (self.history_length - len(history.frames)) + history.frames
+                )
+            return self._forward(windows, list(instructions), t0)["action"]
+        t1 = time.perf_counter()
+        names = tuple(self.policy.required_features)
+        windowed = [n for n in names if n in HISTORY_FEATURES]
+        per_frame = sorted({HISTORY_FEATURES[n] for n in windowed})
+        current = [n for n in names if n not in HISTORY_FEATURES and n != "history_mask"]
+        computed = self.provider(
+            {"image": frames, "text": list(instructions)}, list(dict.fromkeys(current + per_frame))
+        )
+        stacked: dict[str, list[torch.Tensor]] = {n: [] for n in per_frame}
+        masks = []
+        for i, slot in enumerate(slots):
+            histories[slot].push(frames[i], {n: computed[n][i] for n in per_frame})
+            window, mask = histories[slot].window(self.provider, per_frame)
+            for n in per_frame:
+                stacked[n].append(window[n])
+            masks.append(mask)
+        features = {n: computed[n] for n in current}
+        features.update({n: torch.stack(stacked[HISTORY_FEATURES[n]]) for n in windowed})  # (B, W, ...)
+        if "history_mask" in names:
+            features["history_mask"] = torch.stack(masks)  # (B, W)
+        return self._run_head(features, t0, t1)["action"]
 
     def _step(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
         from mobile_vla.training.features import to_pil

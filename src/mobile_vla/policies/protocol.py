@@ -19,3 +19,21 @@ class ControlPolicy(Protocol):
     def reset(self) -> None: ...
 
     def act(self, image: np.ndarray, instruction: str) -> np.ndarray: ...
+
+
+@runtime_checkable
+class BatchControlPolicy(Protocol):
+    """Step-by-step control of several episodes at once (the simulator's lockstep evaluation).
+
+    ``act_slots(images, instructions, slots)`` returns ``(B, A)`` commands, row i for the episode in slot
+    ``slots[i]``, from that episode's frames alone (a history-window policy keeps one history per slot);
+    ``reset_slots(slots)`` starts new episodes in those slots.
+    """
+
+    action_dims: tuple[str, ...]
+
+    def reset_slots(self, slots: list[int]) -> None: ...
+
+    def act_slots(
+        self, images: list[np.ndarray], instructions: list[str], slots: list[int]
+    ) -> np.ndarray: ...

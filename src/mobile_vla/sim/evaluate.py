@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mobile_vla.evaluation.intervals import wilson_interval
+from mobile_vla.policies.protocol import BatchControlPolicy
 from mobile_vla.sim.env import LabEnv, SimConfig, full_action
 from mobile_vla.sim.expert import ExpertPolicy, RandomPolicy, key_for_action
 from mobile_vla.sim.layouts import resolve_scenarios, sample_layout
@@ -87,6 +88,90 @@ def _builtin_policy(name: str, env: LabEnv, seed: int, expert_style: str) -> Any
     )
 
 
+class _Episode:
+    """One closed-loop episode in progress on its own environment (see `run_episode`)."""
+
+    def __init__(
+        self, env: LabEnv, layout_seed: int, scenario, max_steps: int, video_path: str | Path | None
+    ) -> None:
+        self.env, self.max_steps, self.video_path = env, max_steps, video_path
+        self.layout = sample_layout(scenario, layout_seed)
+        self.frame = env.reset(self.layout, max_steps=max_steps)
+        self.instruction = env.instruction
+        self.actions: list[list[float]] = []
+        self.last_moving_step = 0
+        self.invalid_actions = 0
+        self.policy_seconds = self.render_seconds = 0.0
+        self.video: list[np.ndarray] = []
+        self.done = False
+
+    def apply(self, action: np.ndarray, dims: tuple[str, ...], policy_seconds: float) -> None:
+        """Hold ``action`` for one control period, then render the next frame (unless the episode ended)."""
+        env, step = self.env, len(self.actions)
+        self.policy_seconds += policy_seconds
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(action)):  # the robot's safe stop: a broken output becomes zero velocity
+            self.invalid_actions += 1
+            action = np.zeros_like(action)
+        if self.video_path is not None:
+            self.video.append(
+                annotate_frame(
+                    self.frame,
+                    self.instruction,
+                    step + 1,
+                    self.max_steps,
+                    action,
+                    key=key_for_action(full_action(action, dims)),
+                    overview=env.render(camera="overview"),
+                )
+            )
+        result = env.step(action, dims)
+        self.actions.append(action.tolist())
+        if result.moved > 1e-6:
+            self.last_moving_step = step + 1
+        if (result.collided and env.config.stop_on_collision) or step + 1 >= self.max_steps:
+            self.done = True
+            return
+        started = time.perf_counter()
+        self.frame = env.render()
+        self.render_seconds += time.perf_counter() - started
+
+    def record(self) -> dict[str, Any]:
+        env, layout, taken = self.env, self.layout, len(self.actions)
+        outcome = env.outcome()
+        record = {
+            "scenario": layout.scenario.full_name,
+            "task": layout.scenario.name,
+            "distance": layout.scenario.distance,
+            "pattern": layout.scenario.pattern,
+            "seed": layout.seed,
+            "instruction": self.instruction,
+            **outcome,
+            "steps": self.last_moving_step,
+            "steps_taken": taken,
+            "invalid_actions": self.invalid_actions,
+            "actions": self.actions,
+            "policy_ms": 1000 * self.policy_seconds / max(1, taken),
+            "render_ms": 1000 * self.render_seconds / max(1, taken - 1),
+        }
+        if self.video_path is not None:
+            status = "success" if outcome["success"] else "collision" if outcome["collided"] else "failure"
+            self.video.append(
+                annotate_frame(
+                    env.render(),
+                    self.instruction,
+                    taken,
+                    self.max_steps,
+                    None,
+                    status=f"{status}: {outcome['distance_to_goal']:.2f} m from the goal",
+                    overview=env.render(camera="overview"),
+                )
+            )
+            self.video[-1:] = [self.video[-1]] * 3  # hold the last frame a little
+            record["video"] = str(write_gif(self.video_path, self.video))
+        return record
+
+
 def run_episode(
     env: LabEnv,
     policy: ControlPolicy,
@@ -96,78 +181,45 @@ def run_episode(
     video_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """One closed-loop episode; returns its record (outcome, actions, timings)."""
-    layout = sample_layout(scenario, layout_seed)
-    frame = env.reset(layout, max_steps=max_steps)
+    episode = _Episode(env, layout_seed, scenario, max_steps, video_path)
     policy.reset()
-    instruction = env.instruction
     dims = tuple(policy.action_dims)
-    actions: list[list[float]] = []
-    last_moving_step = 0
-    invalid_actions = 0
-    policy_seconds = render_seconds = 0.0
-    video: list[np.ndarray] = []
-    for step in range(max_steps):
+    while not episode.done:
         started = time.perf_counter()
-        action = np.asarray(policy.act(frame, instruction), dtype=np.float64).reshape(-1)
-        policy_seconds += time.perf_counter() - started
-        if not np.all(np.isfinite(action)):  # the robot's safe stop: a broken output becomes zero velocity
-            invalid_actions += 1
-            action = np.zeros_like(action)
-        if video_path is not None:
-            video.append(
-                annotate_frame(
-                    frame,
-                    instruction,
-                    step + 1,
-                    max_steps,
-                    action,
-                    key=key_for_action(full_action(action, dims)),
-                    overview=env.render(camera="overview"),
-                )
-            )
-        result = env.step(action, dims)
-        actions.append(action.tolist())
-        if result.moved > 1e-6:
-            last_moving_step = step + 1
-        if result.collided and env.config.stop_on_collision:
+        action = policy.act(episode.frame, episode.instruction)
+        episode.apply(action, dims, time.perf_counter() - started)
+    return episode.record()
+
+
+def run_episodes_lockstep(
+    envs: Sequence[LabEnv],
+    policy: BatchControlPolicy,
+    jobs: Sequence[tuple[int, Any, str | Path | None]],
+    max_steps: int = 18,
+) -> list[dict[str, Any]]:
+    """Episodes ``jobs`` (``(layout seed, scenario, video path)``), one per environment, stepped in
+    lockstep: each step the frames of every running episode go to the policy in one batch
+    (``policy.act_slots``), so the frozen backbone runs once per step for all of them. Each episode's actions
+    depend only on its own frames (the policy keeps one history per slot), so the records equal those of
+    `run_episode` one by one."""
+    if len(jobs) > len(envs):
+        raise ValueError(f"{len(jobs)} episodes need as many environments, got {len(envs)}")
+    episodes = [_Episode(env, *job[:2], max_steps, job[2]) for env, job in zip(envs, jobs, strict=False)]
+    slots = list(range(len(episodes)))
+    policy.reset_slots(slots)
+    dims = tuple(policy.action_dims)
+    while True:
+        running = [i for i in slots if not episodes[i].done]
+        if not running:
             break
-        if step + 1 < max_steps:
-            started = time.perf_counter()
-            frame = env.render()
-            render_seconds += time.perf_counter() - started
-    outcome = env.outcome()
-    record = {
-        "scenario": layout.scenario.full_name,
-        "task": layout.scenario.name,
-        "distance": layout.scenario.distance,
-        "pattern": layout.scenario.pattern,
-        "seed": layout_seed,
-        "instruction": instruction,
-        **outcome,
-        "steps": last_moving_step,
-        "steps_taken": len(actions),
-        "invalid_actions": invalid_actions,
-        "actions": actions,
-        "policy_ms": 1000 * policy_seconds / max(1, len(actions)),
-        "render_ms": 1000 * render_seconds / max(1, len(actions) - 1),
-    }
-    if video_path is not None:
-        status = "success" if outcome["success"] else "collision" if outcome["collided"] else "failure"
-        final = env.render()
-        video.append(
-            annotate_frame(
-                final,
-                instruction,
-                len(actions),
-                max_steps,
-                None,
-                status=f"{status}: {outcome['distance_to_goal']:.2f} m from the goal",
-                overview=env.render(camera="overview"),
-            )
+        started = time.perf_counter()
+        actions = policy.act_slots(
+            [episodes[i].frame for i in running], [episodes[i].instruction for i in running], running
         )
-        video[-1:] = [video[-1]] * 3  # hold the last frame a little
-        record["video"] = str(write_gif(video_path, video))
-    return record
+        seconds = (time.perf_counter() - started) / len(running)  # each episode's share of the batch
+        for i, action in zip(running, actions, strict=True):
+            episodes[i].apply(action, dims, seconds)
+    return [episode.record() for episode in episodes]
 
 
 def evaluate_closed_loop(
@@ -181,6 +233,7 @@ def evaluate_closed_loop(
     expert_style: str = "teleop",
     progress: bool = True,
     policy_name: str | None = None,
+    lockstep: int = 16,
 ) -> dict[str, Any]:
     """Run `episodes` closed-loop episodes (cycling through `scenarios`, default all 48) and summarise them.
 
@@ -189,6 +242,10 @@ def evaluate_closed_loop(
     `collect` demonstrated with the same seed). Returns the overall metrics at the top level (`n`,
     `success_rate`, `collision_rate`, `spl`, `mean_steps`, each rate with `*_ci95`), `per_scenario` and
     `per_distance` breakdowns, `timing` and the per-episode `records`.
+
+    A policy that can act for several episodes at once (a `BatchControlPolicy`, e.g. a loaded
+    `InferencePolicy`) runs up to `lockstep` episodes side by side, one environment each, its backbone
+    batched over them; the records are the same as one episode at a time (`lockstep=1`).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -196,25 +253,34 @@ def evaluate_closed_loop(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     chosen = resolve_scenarios(scenarios)
     config = config or SimConfig()
-    env = LabEnv(config)
     name = policy_name or (policy if isinstance(policy, str) else type(policy).__name__)
+    batched = not isinstance(policy, str) and lockstep > 1 and isinstance(policy, BatchControlPolicy)
+    envs = [LabEnv(config) for _ in range(min(lockstep, episodes) if batched else 1)]
     if isinstance(policy, str):
-        policy = _builtin_policy(policy, env, seed, expert_style)
-    records = []
+        policy = _builtin_policy(policy, envs[0], seed, expert_style)
+    jobs = []
+    for index in range(episodes):
+        scenario = chosen[index % len(chosen)]
+        video_path = None
+        if video_dir is not None:
+            video_path = Path(video_dir) / f"{index:04d}_{scenario.full_name}.gif"
+        jobs.append((episode_seed(seed, index, "evaluate"), scenario, video_path))
+    records: list[dict[str, Any]] = []
     started = time.perf_counter()
+    bar = tqdm(total=episodes, desc=f"evaluate {name}", unit="episode", disable=not progress)
     try:
-        for index in tqdm(range(episodes), desc=f"evaluate {name}", unit="episode", disable=not progress):
-            scenario = chosen[index % len(chosen)]
-            video_path = None
-            if video_dir is not None:
-                video_path = Path(video_dir) / f"{index:04d}_{scenario.full_name}.gif"
-            records.append(
-                run_episode(
-                    env, policy, episode_seed(seed, index, "evaluate"), scenario, max_steps, video_path
-                )
-            )
+        group = len(envs)
+        for first in range(0, episodes, group):
+            chunk = jobs[first : first + group]
+            if batched:
+                records.extend(run_episodes_lockstep(envs, policy, chunk, max_steps))
+            else:
+                records.append(run_episode(envs[0], policy, *chunk[0][:2], max_steps, chunk[0][2]))
+            bar.update(len(chunk))
     finally:
-        env.close()
+        bar.close()
+        for env in envs:
+            env.close()
     wall = time.perf_counter() - started
 
     groups: dict[str, dict[str, list]] = {
