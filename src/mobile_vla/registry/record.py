@@ -25,11 +25,13 @@ import hashlib
 import json
 import math
 import struct
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mobile_vla.utils.files import sha256_file as file_sha256  # noqa: F401  (re-exported)
+from mobile_vla.utils.version import code_version  # noqa: F401  (re-exported)
 
 TAG_PREFIX = "mobile_vla."
 SPLITS = ("train", "val", "test")
@@ -94,14 +96,6 @@ def ids_fingerprint(ids: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -116,31 +110,6 @@ def numeric_leaves(record: Mapping[str, Any], skip: Iterable[str] = ()) -> dict[
         if isinstance(value, bool) or is_number(value):
             out[key] = float(value)
     return out
-
-
-def code_version() -> dict[str, Any]:
-    """The installed package version and, when the source is a git checkout, its commit and dirtiness."""
-    from mobile_vla import __version__
-
-    info: dict[str, Any] = {"package": __version__, "git_commit": None, "git_dirty": None}
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode == 0 and commit.stdout.strip():
-            info["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=here,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-            info["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
 
 
 def parse_code_version(value: Any) -> dict[str, Any]:
