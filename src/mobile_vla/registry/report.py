@@ -165,7 +165,7 @@ class _Doc:
 def _overview(doc: _Doc, split: str) -> None:
     doc.h(2, "Overview")
     doc.p(
-        "Each case is a registered model (`case1`..`case4`); each finished training run is a version of it, "
+        "Each case is a registered model (`mobile-vla describe --list` names them); each finished training run is a version of it, "
         "and `models:/CASE@champion` is the one the robot runs (`mobile-vla registry promote RUN --alias "
         "champion`). How runs are ranked:"
     )
