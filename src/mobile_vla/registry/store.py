@@ -22,18 +22,14 @@ Default store: an embedded SQLite database ``<project>/mlruns/mlflow.db`` with a
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
 import random
 import shutil
-import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -136,14 +132,11 @@ def open_registry(
     """Open (and check) the store every command records into; with ``no_track``, a registry that does nothing.
 
     Fails at once with `RegistryUnavailableError` naming the URI when the store cannot be reached or written,
-    so a training run never finds out after an hour. Telemetry is off unless the user turned it on.
+    so a training run never finds out after an hour. (The CLI turns MLflow's telemetry and URL printing off:
+    ``mobile_vla.cli.MLFLOW_ENVIRONMENT``.)
     """
     if no_track:
         return NullRegistry()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # MLflow prints run URLs on stdout for server stores: that would corrupt a command's --json output.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     _check_reachable(uri)
     return Registry(
@@ -238,61 +231,26 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 # --- ending runs that their process could not end --------------------------------------------------------
-# Strong references: a handle whose caller dropped it must still be closed at exit.
+# Strong references: a handle whose caller dropped it must still be closed when the process ends.
 _open_handles: set[RunHandle] = set()
-_exit_reason: dict[str, Any] = {"signal": None, "exception": None, "message": None}
-_hooks_installed = False
 
 
-def _install_exit_hooks() -> None:
-    """Once per process: SIGTERM unwinds like an exception, and atexit closes runs nobody finished."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_close_open_handles)
-    previous_hook = sys.excepthook
+def close_unfinished_runs(status: str, reason: str) -> list[str]:
+    """Finish every run this process started and did not finish, with ``status`` and ``reason``.
 
-    def excepthook(exc_type, exc, tb):
-        _exit_reason["exception"] = exc_type
-        _exit_reason["message"] = f"{exc_type.__name__}: {exc}"
-        previous_hook(exc_type, exc, tb)
-
-    sys.excepthook = excepthook
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN:
-        return
-
-    def on_sigterm(signum, frame):
-        _exit_reason["signal"] = signum
-        if callable(previous):
-            previous(signum, frame)
-        # Default SIGTERM would end the process without running finally blocks or atexit; unwind instead.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _close_open_handles() -> None:
+    The library installs no exit hook: ``mobile_vla.cli.process_hooks`` (the CLI, or a script that uses it)
+    calls this on the way out; a process that dies without it is caught by ``reconcile_stale_runs``.
+    Returns the run ids closed."""
+    closed = []
     for handle in list(_open_handles):
         if handle.finished:
             continue
-        killed = _exit_reason["signal"] is not None or (
-            _exit_reason["exception"] is not None and issubclass(_exit_reason["exception"], KeyboardInterrupt)
-        )
-        status = "killed" if killed else "failed"
-        if _exit_reason["signal"] is not None:
-            reason = f"process ended by signal {_exit_reason['signal']}"
-        elif _exit_reason["message"]:
-            reason = f"process ended by an uncaught {_exit_reason['message']}"
-        else:
-            reason = "process exited without finishing the run"
         try:
             handle.finish(status, error=reason)
-        except Exception as exc:  # at exit there is no one left to raise to
+            closed.append(handle.run_id)
+        except Exception as exc:  # on the way out there is no one left to raise to
             logger.error("could not mark run %s %s: %s", handle.run_id, status, exc)
+    return closed
 
 
 def _pid_start_time(pid: int) -> str | None:
@@ -373,8 +331,8 @@ class Registry:
         """Open (or, for a resumed run directory, reopen) the MLflow run of a training about to start.
 
         ``config`` defaults to the run directory's ``config.json``. Use the handle as a context manager, or
-        call ``finish``; a process that dies without either still gets its run marked failed/killed (atexit,
-        SIGTERM), and `reconcile_stale_runs` catches the rest (``kill -9``).
+        call ``finish``; under ``mobile_vla.cli.process_hooks`` (every CLI command) a process that ends without
+        either still gets its run marked failed/killed, and `reconcile_stale_runs` catches the rest (``kill -9``).
         """
         run_dir = Path(run_dir).resolve()
         if config is None:
@@ -392,7 +350,6 @@ class Registry:
         record.summary = {**(record.summary or {}), "status": "running"}
         self._log_fields(run_id, record, extra_tags={tag(k): v for k, v in writer.items()}, epochs=True)
         self._log_artifacts(run_id, record, checkpoint=False)
-        _install_exit_hooks()
         handle = RunHandle(self, run_id, run_dir, record.config)
         _open_handles.add(handle)
         return handle
@@ -935,9 +892,7 @@ class RunHandle:
         if exc_type is None:
             self.finish("finished")
             return
-        killed = issubclass(exc_type, KeyboardInterrupt) or (
-            issubclass(exc_type, SystemExit) and _exit_reason["signal"] is not None
-        )
+        killed = issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C, or SIGTERM under cli.process_hooks
         try:
             self.finish("killed" if killed else "failed", error=f"{exc_type.__name__}: {exc}")
         except Exception as store_error:  # never hide the training's own exception behind the store's

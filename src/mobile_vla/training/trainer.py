@@ -15,11 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,10 +57,6 @@ from mobile_vla.utils.device import resolve_device  # noqa: F401  (re-exported, 
 from mobile_vla.utils.version import code_version_string
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingKilled(KeyboardInterrupt):
-    """Raised inside the loop when the process receives SIGTERM, so the run is marked ``killed``."""
 
 
 class Callback:
@@ -143,23 +136,6 @@ def make_loader(
         collate_fn=collate_batch,
         num_workers=num_workers,
     )
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into ``TrainingKilled`` while training (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TrainingKilled(f"received signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -415,10 +391,9 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.on_run_start(self)
-            with _sigterm_as_interrupt():
-                last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
+            last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
             status = "finished"
-        except KeyboardInterrupt as exc:  # includes TrainingKilled (SIGTERM)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the CLI's process_hooks
             status, error = "killed", f"{type(exc).__name__}: {exc}"
             raise
         except BaseException as exc:
