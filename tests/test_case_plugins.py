@@ -13,6 +13,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+import torch
 from fake_backbone import write_tiny_dataset
 
 from mobile_vla.policies import registry
@@ -108,6 +109,24 @@ def test_a_case_file_in_a_user_package_is_described_and_trained(tmp_path):
     assert config["case"] == "plugin_linear" and config["architecture"] == "LinearPolicy"
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert (run / "best.safetensors").is_file()
+
+
+def test_the_same_file_registers_in_process_and_unregisters(tmp_path, monkeypatch):
+    import importlib
+
+    from mobile_vla.policies import FeatureDims, create_policy
+
+    monkeypatch.syspath_prepend(str(_user_package(tmp_path / "user")))
+    importlib.import_module("my_vla_cases.linear")
+    try:
+        policy = create_policy("PluginLinearModel", FeatureDims(vision=4, text=4))
+        assert policy.case_name == "plugin_linear" and "plugin_linear" in registry.available_cases()
+        assert policy({"vision": torch.zeros(2, 4), "text": torch.zeros(2, 4)})["action"].shape == (2, 2)
+    finally:
+        registry.unregister_case("plugin_linear")
+        for name in ("my_vla_cases.linear", "my_vla_cases"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+    assert "plugin_linear" not in registry.available_cases()
 
 
 def test_a_case_module_that_fails_to_import_is_an_error_naming_it(monkeypatch):

@@ -68,8 +68,8 @@ def metric_keys(
     """The keys :func:`compute_metrics` returns for these axes and thresholds, in order (``n`` first)."""
     axes, ts = _check_axes_and_thresholds(axis_names, thresholds)
     keys = ["n", "mae"]
-    keys += [f"accuracy_{_fmt(t)}" for t in ts]
-    keys += [f"{axis}_{_fmt(t)}" for axis in axes for t in ts]
+    keys += [f"accuracy_{threshold_label(t)}" for t in ts]
+    keys += [f"{axis}_{threshold_label(t)}" for axis in axes for t in ts]
     keys += [f"{axis}_r2" for axis in axes]
     keys += [f"{axis}_correlation" for axis in axes]
     keys += ["tracking_accuracy"]
@@ -263,9 +263,9 @@ def _resampled_metrics(
     columns: dict[str, np.ndarray] = {"mae": err.mean(axis=1)}  # per-row values whose resample mean we want
     for t in thresholds:
         within = err < t  # (N, D), strictly less than: an error of exactly t misses
-        columns[f"accuracy_{_fmt(t)}"] = within.all(axis=1)
+        columns[f"accuracy_{threshold_label(t)}"] = within.all(axis=1)
         for j, axis in enumerate(axes):
-            columns[f"{axis}_{_fmt(t)}"] = within[:, j]
+            columns[f"{axis}_{threshold_label(t)}"] = within[:, j]
     columns["tracking_accuracy"] = (err < TRACKING_THRESHOLD).all(axis=1)
     # sign(0) == 0: a zero target (a stop) counts as right only for an exactly zero prediction.
     same_sign = np.sign(pred) == np.sign(targ)  # (N, D)
@@ -334,7 +334,8 @@ def _dead_zone_sign(values: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values) < DIRECTION_DEAD_ZONE, 0.0, np.sign(values))
 
 
-def _fmt(t: float) -> str:
+def threshold_label(t: float) -> str:
+    """How a threshold is written into a metric key: ``str(float(t))`` (``0.3`` -> ``"0.3"``)."""
     return str(float(t))
 
 
@@ -355,7 +356,7 @@ def _check_axes_and_thresholds(
     bad = [t for t in ts if not (np.isfinite(t) and t > 0)]
     if bad:
         raise ValueError(f"thresholds must be finite and > 0, got {bad} in {list(ts)}")
-    if len({_fmt(t) for t in ts}) != len(ts):
+    if len({threshold_label(t) for t in ts}) != len(ts):
         raise ValueError(f"thresholds must be unique, got {list(ts)}")
     return axes, ts
 

@@ -225,8 +225,7 @@ class InferencePolicy:
         if self._per_frame_history:
             return self._step_per_frame(frame, instruction, t0)
         self._history.append(frame)
-        window = list(self._history)
-        window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
+        window, _ = pad_history(list(self._history), self.history_length)  # pad the episode start
         return self._forward([window], [instruction], t0)
 
     def _step_per_frame(self, frame: Image.Image, instruction: str, t0: float) -> dict[str, np.ndarray]:

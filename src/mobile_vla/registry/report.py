@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_vla.evaluation.metrics import DIRECTION_DEAD_ZONE
+from mobile_vla.metrics import DEFAULT_THRESHOLDS, DIRECTION_DEAD_ZONE, threshold_label
 from mobile_vla.registry.ranking import (
     CLOSED_LOOP_KEY,
     RankedGroup,
@@ -30,7 +30,7 @@ from mobile_vla.registry.ranking import (
 )
 from mobile_vla.registry.record import StoredRun
 
-THRESHOLDS = ("0.3", "0.2", "0.15")
+THRESHOLDS = tuple(threshold_label(t) for t in DEFAULT_THRESHOLDS)  # the keys' spelling, from the metrics
 PERCENT_PREFIXES = ("accuracy_", "tracking_accuracy", "direction_accuracy_", "magnitude_order_accuracy")
 RATE_KEYS = ("success_rate", "collision_rate")  # proportions in [0, 1], shown as percent
 
