@@ -7,23 +7,22 @@ The loop is case-agnostic: it asks the ``FeatureProvider`` for ``policy.required
 ``policy(features)`` and ``policy.compute_loss(outputs, batch)``. Nothing here knows what a case is.
 
 Run directory (see docs/CONTRACTS.md): ``config.json``, ``best.safetensors``, ``last.safetensors``,
-``resume/``, ``metrics.jsonl``, ``loss_curve.png``, ``summary.json``.
+``resume/``, ``metrics.jsonl``, ``loss_curve.png``, ``summary.json`` -- written through ``mobile_vla.runs``.
+This module owns the ``Trainer`` and its ``Callback`` interface; the set-up (seeds, backbone, loader) is in
+``training.loaders``, the loss plot in ``training.plots``, validation predictions in ``policies.predict``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from mobile_vla.features.providers import FeatureProvider
 from mobile_vla.metrics import compute_metrics
@@ -45,11 +44,16 @@ from mobile_vla.runs.directory import (  # noqa: F401  (read_run_config, STATUSE
     write_summary,
 )
 from mobile_vla.training.config import TrainConfig
-from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler, scratch_run_dir
+from mobile_vla.training.distributed import DistributedContext, scratch_run_dir
+from mobile_vla.training.loaders import (  # noqa: F401  (re-exported)
+    backbone_record,
+    build_backbone,
+    make_loader,
+    seed_everything,
+)
 from mobile_vla.training.plots import plot_loss_curve  # noqa: F401  (re-exported)
 from mobile_vla.training.sampling import (
     SamplingSettings,
-    WeightedGlobalBatchSampler,
     epoch_weights,
     sampling_record,
 )
@@ -74,68 +78,6 @@ class Callback:
 
     def on_run_end(self, trainer: Trainer, summary: Mapping[str, Any]) -> None:
         pass
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_backbone(config: TrainConfig, device: str) -> Any:
-    from mobile_vla.backbones import create_backbone
-
-    kwargs: dict[str, Any] = {"device": device, "dtype": config.backbone_dtype}
-    if config.backbone_path:
-        kwargs["path"] = config.backbone_path
-    return create_backbone(config.backbone, **kwargs)
-
-
-def backbone_record(backbone: Any) -> dict[str, Any]:
-    return {
-        "profile": backbone.profile,
-        "spec": backbone.spec(),
-        "fingerprint": backbone.fingerprint,
-        "fingerprint_hash": backbone.fingerprint_hash,
-        "pretrained": bool(backbone.pretrained),
-    }
-
-
-def make_loader(
-    dataset: Any,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    num_workers: int,
-    context: DistributedContext | None = None,
-    weights: np.ndarray | None = None,
-) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
-
-    With a distributed ``context``, this rank's slice of each global batch (``GlobalBatchSampler``). With
-    ``weights`` (``training.sampling``), ``len(dataset)`` draws with replacement instead of a shuffle.
-    """
-    from mobile_vla.data.dataset import collate_batch
-
-    generator = torch.Generator()  # also seeds the workers, so loading never draws from the global RNG
-    generator.manual_seed(seed * 100_003 + epoch)
-    if weights is not None:
-        sampler = WeightedGlobalBatchSampler(
-            weights, batch_size, context or DistributedContext(), seed=seed, epoch=epoch
-        )
-    else:
-        sampler = GlobalBatchSampler(
-            len(dataset), batch_size, context or DistributedContext(), shuffle=shuffle, seed=seed, epoch=epoch
-        )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        generator=generator,
-        collate_fn=collate_batch,
-        num_workers=num_workers,
-    )
 
 
 class Trainer:
