@@ -33,6 +33,7 @@ from PIL import Image
 
 from mobile_vla.utils.device import resolve_device as resolve_device_name
 from mobile_vla.utils.files import atomic_write_text, sha256_file
+from mobile_vla.utils.memo import BoundedMemo
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class Backbone(ABC):
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.dtype = dtype
-        self._text_memo: dict[str, torch.Tensor] = {}
+        self._text_memo: BoundedMemo[str, torch.Tensor] = BoundedMemo(TEXT_MEMO_SIZE)
 
     # ---- what subclasses provide ---------------------------------------------------------------------------
     @abstractmethod
@@ -276,21 +277,20 @@ class Backbone(ABC):
                 raise TypeError(f"text {i}: expected str, got {type(text).__name__}")
         if not texts:
             return torch.zeros(0, self.text_dim, device=self.device)
+
         # A dataset has a handful of distinct instructions repeated over thousands of frames: each distinct
         # text is encoded once, alone (so its feature never depends on what else is in the batch), and kept.
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_memo]
-        if missing:
-            with torch.no_grad():
-                for text in missing:
-                    out = self._encode_texts([text])
-                    if out.shape != (1, self.text_dim):
-                        raise RuntimeError(
-                            f"{self.profile}: text feature {tuple(out.shape)}, expected {(1, self.text_dim)}"
-                        )
-                    if len(self._text_memo) >= TEXT_MEMO_SIZE:
-                        self._text_memo.pop(next(iter(self._text_memo)))
-                    self._text_memo[text] = out[0].float()
-        return torch.stack([self._text_memo[t] for t in texts])  # (B, Dt), a fresh tensor
+        def encode_one(text: str) -> torch.Tensor:
+            out = self._encode_texts([text])
+            if out.shape != (1, self.text_dim):
+                raise RuntimeError(
+                    f"{self.profile}: text feature {tuple(out.shape)}, expected {(1, self.text_dim)}"
+                )
+            return out[0].float()
+
+        with torch.no_grad():
+            rows = self._text_memo.get_many(texts, encode_one)
+        return torch.stack(rows)  # (B, Dt), a fresh tensor
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from mobile_vla.features.dims import FeatureDims
+from mobile_vla.utils.memo import BoundedMemo
 
 # encoder(provider, flat_inputs) -> tensor with the inputs on axis 0
 Encoder = Callable[["FeatureProvider", list[Any]], torch.Tensor]
@@ -109,7 +110,7 @@ class FeatureProvider:
         extra_sources: feature sources for this provider only, on top of ``FEATURE_SOURCES``.
         cache_text: keep each distinct instruction's text feature in memory (the lab's data has two).
             Each string is encoded alone, so its feature does not depend on what else was in the batch.
-        max_cached_texts: bound on the text cache.
+        max_cached_texts: bound on the text cache (``utils.memo.BoundedMemo``: the oldest string dropped first).
 
     ``timings`` accumulates seconds spent per feature name (for profiling and the inference report).
     """
@@ -126,7 +127,7 @@ class FeatureProvider:
         self.extra_sources = dict(extra_sources or {})
         self.cache_text = cache_text
         self.max_cached_texts = max_cached_texts
-        self._text_cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._text_cache: BoundedMemo[tuple[str, str], torch.Tensor] = BoundedMemo(max_cached_texts)
         self.timings: dict[str, float] = {}
 
     @property
@@ -209,13 +210,11 @@ class FeatureProvider:
         return out
 
     def _encode_texts(self, name: str, source: FeatureSource, texts: list[str]) -> torch.Tensor:
-        for text in dict.fromkeys(texts):
-            key = (name, text)
-            if key not in self._text_cache:
-                if len(self._text_cache) >= self.max_cached_texts:
-                    self._text_cache.clear()
-                self._text_cache[key] = source.encode(self, [text])[0]  # (Dt,), encoded alone
-        return torch.stack([self._text_cache[(name, t)] for t in texts])  # (B, Dt)
+        rows = self._text_cache.get_many(
+            [(name, text) for text in texts],
+            lambda key: source.encode(self, [key[1]])[0],  # (Dt,), alone
+        )
+        return torch.stack(rows)  # (B, Dt)
 
     def add_extra_features(self, extra: Mapping[str, Any]) -> None:
         """Compute the named ``ExtraFeature``s of a case (e.g. Case 2's ``clip_image``) with their encoders."""
