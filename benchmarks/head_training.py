@@ -29,7 +29,7 @@ from common import machine, write_result
 
 from mobile_vla.data.cache import FeatureCache
 from mobile_vla.data.synthetic import write_synthetic_dataset
-from mobile_vla.training.cached_features import CachedFeatureProvider
+from mobile_vla.features.cached import CachedFeatureProvider
 from mobile_vla.training.config import TrainConfig
 from mobile_vla.training.trainer import Callback, Trainer
 

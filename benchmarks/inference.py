@@ -31,9 +31,9 @@ from common import count_gflops, machine, matmul_gflops_per_s, random_kosmos2, s
 from PIL import Image
 
 from mobile_vla.data.episodes import instruction_for_side
+from mobile_vla.features.providers import FeatureProvider
 from mobile_vla.policies import FeatureDims, create_policy
 from mobile_vla.policies.inference import InferencePolicy
-from mobile_vla.training.features import FeatureProvider
 
 
 def build_backbone(profile: str, dtype: str) -> Any:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from common import machine, write_result
 
+from mobile_vla.features.providers import FeatureProvider
 from mobile_vla.policies import FeatureDims, create_policy, load_policy
 from mobile_vla.policies.inference import InferencePolicy
-from mobile_vla.training.features import FeatureProvider
 
 SCENARIOS = [
     f"{n}box_{layout}_{side}" for n in (1, 2) for layout in ("vert", "hori") for side in ("left", "right")

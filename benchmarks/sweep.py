@@ -44,9 +44,9 @@ from common import machine, random_kosmos2, write_result
 
 from mobile_vla.data.cache import FeatureCache
 from mobile_vla.data.synthetic import write_synthetic_dataset
-from mobile_vla.training.cached_features import CachedFeatureProvider
+from mobile_vla.features.cached import CachedFeatureProvider
+from mobile_vla.features.providers import FeatureProvider
 from mobile_vla.training.config import TrainConfig
-from mobile_vla.training.features import FeatureProvider
 from mobile_vla.training.trainer import Callback, Trainer
 
 

@@ -1,14 +1,12 @@
 """Case heads and the case registry: sizes come from the backbone, presets carry the seed's values."""
 
-import dataclasses
-
 import pytest
 import torch
 from fake_backbone import FakeBackbone
 
-from mobile_vla.policies import FeatureDims, Policy, create_policy, get_case, register_case, resolve_case_name
+from mobile_vla.policies import FeatureDims, create_policy, get_case, register_case, resolve_case_name
 from mobile_vla.policies.case1 import Simplified2DActionModelV2, Simplified2DConfig
-from mobile_vla.policies.registry import CaseSpec, available_cases, unregister_case
+from mobile_vla.policies.registry import CaseSpec, available_cases
 
 
 def _features(dims: FeatureDims, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -120,34 +118,6 @@ def test_registering_a_taken_name_is_refused():
         @register_case("case1")
         def again() -> CaseSpec:
             return CaseSpec(policy_class=Simplified2DActionModelV2, config=Simplified2DConfig())
-
-
-def test_a_new_case_is_one_decorator_and_needs_no_other_edit():
-    @dataclasses.dataclass
-    class LinearConfig(Simplified2DConfig):
-        pass
-
-    class LinearPolicy(Policy):
-        config_class = LinearConfig
-
-        def __init__(self, config, dims):
-            super().__init__(config, dims)
-            self.fc = torch.nn.Linear(self.dims.vision + self.dims.text, config.action_dim)
-
-        def forward(self, features):
-            return {"action": self.fc(torch.cat([features["vision"], features["text"]], dim=-1))}
-
-    @register_case("test_linear_case", aliases=("TestLinearModel",))
-    def linear_case() -> CaseSpec:
-        return CaseSpec(policy_class=LinearPolicy, config=LinearConfig(), train={"epochs": 2})
-
-    try:
-        policy = create_policy("TestLinearModel", FeatureDims(vision=4, text=4))
-        assert policy.case_name == "test_linear_case"
-        assert policy(_features(policy.dims, 2))["action"].shape == (2, 2)
-    finally:
-        unregister_case("test_linear_case")
-    assert "test_linear_case" not in available_cases()
 
 
 @pytest.mark.parametrize("case", ["case1", "case3"])

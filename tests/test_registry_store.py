@@ -195,6 +195,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
+    from mobile_vla.cli import process_hooks   # what every CLI command runs under
     from mobile_vla.registry import open_registry
     mode, uri, run_dir = sys.argv[1:4]
     registry = open_registry(uri)
@@ -205,11 +206,12 @@ SCRIPT = textwrap.dedent(
             for epoch in range(30):
                 run.log_epoch(epoch, {{"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_loss": 0.5}})
         sys.exit(0)
-    handle = registry.start_training_run(run_dir)
-    print("ready", flush=True)
-    if mode == "exit":
-        sys.exit(3)          # leaves without finish(): atexit must close the run
-    time.sleep(60)           # "sigterm" and "sigkill" wait here to be killed
+    with process_hooks():
+        handle = registry.start_training_run(run_dir)
+        print("ready", flush=True)
+        if mode == "exit":
+            sys.exit(3)      # leaves without finish(): process_hooks must close the run
+        time.sleep(60)       # "sigterm" and "sigkill" wait here to be killed
     """
 )
 
@@ -356,7 +358,12 @@ def test_default_store_is_sqlite_under_the_project_with_explicit_artifacts(tmp_p
     fresh_store(tmp_path)  # the database the default points at (skips the slow first creation)
     registry = open_registry()
     assert isinstance(registry, Registry) and registry.tracking_uri == default_tracking_uri()
-    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert "MLFLOW_DISABLE_TELEMETRY" not in os.environ  # the library sets no environment variable...
+    from mobile_vla.cli import process_hooks
+
+    with process_hooks():  # ...the CLI does, for the command's duration
+        assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert "MLFLOW_DISABLE_TELEMETRY" not in os.environ
     experiment = registry.client.get_experiment(registry.experiment_id)
     assert experiment.artifact_location == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
     run_id = registry.record_run_dir(write_run_dir(tmp_path / "runs", "r"))

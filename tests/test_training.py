@@ -232,6 +232,8 @@ def test_a_run_killed_mid_way_and_resumed_ends_with_the_same_weights(episodes, t
 
 
 def test_keyboard_interrupt_and_sigterm_mark_the_run_killed(episodes, tmp_path):
+    from mobile_vla.cli import process_hooks
+
     with pytest.raises(KeyboardInterrupt):
         _train(episodes, tmp_path / "ctrl_c", callbacks=[FailAfter(0, KeyboardInterrupt)], epochs=3)
     assert json.loads((tmp_path / "ctrl_c" / "summary.json").read_text())["status"] == "killed"
@@ -241,11 +243,30 @@ def test_keyboard_interrupt_and_sigterm_mark_the_run_killed(episodes, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exited, process_hooks():  # what every CLI command runs under
         _train(episodes, tmp_path / "term", callbacks=[Terminate()], epochs=3)
+    assert exited.value.code == 128 + signal.SIGTERM
     summary = json.loads((tmp_path / "term" / "summary.json").read_text())
     assert summary["status"] == "killed" and summary["epochs_completed"] == 1
-    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only installed while training
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only installed while the command runs
+
+
+def test_the_library_installs_no_process_hook(episodes, tmp_path):
+    """Training (and the registry run it opens) leaves SIGTERM, sys.excepthook and the environment alone."""
+    import sys
+
+    from mobile_vla.registry import open_registry
+
+    registry = open_registry(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    sigterm, excepthook, environ = signal.getsignal(signal.SIGTERM), sys.excepthook, dict(os.environ)
+
+    class Check(Callback):
+        def on_epoch_end(self, trainer, record):
+            assert signal.getsignal(signal.SIGTERM) is sigterm and sys.excepthook is excepthook
+
+    _train(episodes, tmp_path / "run", callbacks=[registry.training_callback(), Check()], epochs=1)
+    assert signal.getsignal(signal.SIGTERM) is sigterm and sys.excepthook is excepthook
+    assert dict(os.environ) == environ
 
 
 def test_resume_refuses_different_data(episodes, tmp_path):

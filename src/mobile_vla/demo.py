@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
-
-CASES = ("case1", "case2", "case3", "case4")
 
 
 @dataclass
@@ -64,7 +61,7 @@ class DemoPlan:
     backbone: str = "lite"
     data_seed: int = 0
     eval_seed: int = 10_000
-    cases: tuple[str, ...] = CASES
+    cases: tuple[str, ...] = ()  # empty: every registered case (``mobile-vla describe --list``)
     # Case 4 (23.7 M trainable parameters on `lite`, a 4-frame window and 5 future frames through a 64-latent
     # resampler) costs ~100x Case 1 per sample on a CPU: an epoch over every window of 45 episodes takes over
     # 4 minutes on 2 cores, one with the seed's own `random` frame selection (one window per episode per
@@ -134,11 +131,12 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole job; returns a summary (also written to OUT/demo_summary.json)."""
     plan = plan or DemoPlan()
+    if not plan.cases:  # every registered case: the demo keeps no list of its own
+        from mobile_vla.policies import available_cases
+
+        plan = replace(plan, cases=tuple(available_cases()))
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # The registry lives with the demo's output, never in whatever directory the user happens to be in.
-    os.environ["MOBILE_VLA_HOME"] = str(out)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     t_all = time.perf_counter()
     summary: dict[str, Any] = {"plan": asdict(plan), "out": str(out), "cases": {}}
 
@@ -150,7 +148,7 @@ def run_demo(
     from mobile_vla.data.validation import find_episode_files
     from mobile_vla.evaluation.evaluate import evaluate_run
     from mobile_vla.policies import load_policy
-    from mobile_vla.registry import open_registry
+    from mobile_vla.registry import default_tracking_uri, open_registry
     from mobile_vla.registry.report import write_report
     from mobile_vla.sim.collect import collect_episodes
     from mobile_vla.sim.env import SimConfig
@@ -190,7 +188,8 @@ def run_demo(
     print(f"   {stats}")
     _done(t)
 
-    registry = open_registry()
+    # The registry lives with the demo's output, never in whatever directory the user happens to be in.
+    registry = open_registry(default_tracking_uri(out))
     t = _step(f"4/6 training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs)")
     run_dirs: dict[str, Path] = {}
     configs: dict[str, Any] = {}

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
@@ -32,10 +31,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobile_vla.utils.device import resolve_device as resolve_device_name
+from mobile_vla.utils.files import atomic_write_text, sha256_file
+from mobile_vla.utils.memo import BoundedMemo
+
 logger = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
 
 # Bump when the way features are computed from the model changes (pooling, token selection, text mean), so
 # that every fingerprint, and with it every feature cache keyed on it, changes too.
@@ -62,17 +64,8 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``. Asking for ``cuda`` without one is an error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.split(":")[0] not in DEVICES:
-        raise ValueError(f"device={device!r} is not one of {DEVICES} (optionally 'cuda:N')")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} was asked for but torch sees no CUDA device; use 'cpu' or 'auto'"
-        )
-    return torch.device(name)
+    """``utils.device.resolve_device`` as a ``torch.device`` (what encoders move their modules to)."""
+    return torch.device(resolve_device_name(device))
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -119,31 +112,13 @@ def file_sha256(path: str | Path) -> str:
     if entry and entry.get("size") == key[1] and entry.get("mtime_ns") == key[2]:
         _HASH_MEMO[key] = entry["sha256"]
         return entry["sha256"]
-    digest = hashlib.sha256()
-    with open(target, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    sha = digest.hexdigest()
+    sha = sha256_file(target)
     _HASH_MEMO[key] = sha
     entries[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": sha}
     # Best effort: a read-only home only costs a rehash next time.
     with contextlib.suppress(OSError):
         atomic_write_text(store, json.dumps(entries, indent=1, sort_keys=True))
     return sha
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + rename so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -239,7 +214,7 @@ class Backbone(ABC):
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype)
         self.dtype = dtype
-        self._text_memo: dict[str, torch.Tensor] = {}
+        self._text_memo: BoundedMemo[str, torch.Tensor] = BoundedMemo(TEXT_MEMO_SIZE)
 
     # ---- what subclasses provide ---------------------------------------------------------------------------
     @abstractmethod
@@ -302,21 +277,20 @@ class Backbone(ABC):
                 raise TypeError(f"text {i}: expected str, got {type(text).__name__}")
         if not texts:
             return torch.zeros(0, self.text_dim, device=self.device)
+
         # A dataset has a handful of distinct instructions repeated over thousands of frames: each distinct
         # text is encoded once, alone (so its feature never depends on what else is in the batch), and kept.
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_memo]
-        if missing:
-            with torch.no_grad():
-                for text in missing:
-                    out = self._encode_texts([text])
-                    if out.shape != (1, self.text_dim):
-                        raise RuntimeError(
-                            f"{self.profile}: text feature {tuple(out.shape)}, expected {(1, self.text_dim)}"
-                        )
-                    if len(self._text_memo) >= TEXT_MEMO_SIZE:
-                        self._text_memo.pop(next(iter(self._text_memo)))
-                    self._text_memo[text] = out[0].float()
-        return torch.stack([self._text_memo[t] for t in texts])  # (B, Dt), a fresh tensor
+        def encode_one(text: str) -> torch.Tensor:
+            out = self._encode_texts([text])
+            if out.shape != (1, self.text_dim):
+                raise RuntimeError(
+                    f"{self.profile}: text feature {tuple(out.shape)}, expected {(1, self.text_dim)}"
+                )
+            return out[0].float()
+
+        with torch.no_grad():
+            rows = self._text_memo.get_many(texts, encode_one)
+        return torch.stack(rows)  # (B, Dt), a fresh tensor
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import argparse
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="offline, end to end: simulate data, train the four cases, evaluate, rank, report",
+        help="offline, end to end: simulate data, train every registered case, evaluate, rank, report",
         description="Collect simulated episodes over the eight scenarios, validate them, cache the lite "
-        "backbone's features, train case1..case4 with the standard recipe, evaluate each offline (test split) "
+        "backbone's features, train every registered case (`mobile-vla describe --list`) with the standard recipe, evaluate each offline (test split) "
         "and in closed loop (held-out seeds), record everything in the registry, promote the best case by "
         "closed-loop success and write the registry document OUT/report.md with its plots.",
     )
@@ -21,7 +21,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--closed-loop-episodes", type=int, default=None, help="override the closed-loop episodes per case"
     )
-    parser.add_argument("--cases", nargs="+", default=None, metavar="CASE", help="subset of case1..case4")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        metavar="CASE",
+        help="a subset of the registered cases (default: all of them)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mobile_vla.evaluation.metrics import metrics_with_intervals
+    from mobile_vla.metrics import metrics_with_intervals
 
     try:
         pred = _load_array(args.predictions, "predictions")

@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import struct
-import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,11 +51,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
+from mobile_vla.utils.files import TMP_SUFFIX, atomic_write_bytes  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "mobile_vla.feature/1"
 ENTRY_SUFFIX = ".safetensors"
-TMP_SUFFIX = ".tmp"
 TEXT_GROUP = "text"
 
 # Feature kinds a backbone computes itself, and the `Backbone` method that computes each
@@ -170,25 +170,6 @@ def decode_entry(data: bytes, *, backbone: str, kind: str, key: str, source: str
         return load_safetensors(data)["feature"]
     except Exception as exc:  # safetensors raises its own error type
         raise CorruptEntryError(f"{source}: {exc}") from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` so that a reader sees the old file, no file, or all of `data`, never a part.
-
-    The temporary name is unique per process and call, so concurrent writers never share one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # compute(missing keys, kinds) -> {kind: tensor with one row per missing key, in order}

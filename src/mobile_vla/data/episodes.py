@@ -14,7 +14,6 @@ Frames are never loaded all at once: `Episode.image(i)` reads one frame from dis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from mobile_vla.data.scenarios import (  # noqa: F401  (re-exported: the episode
     match_scenario,
     parse_scenario,
 )
+from mobile_vla.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -353,11 +353,7 @@ class Episode:
     @cached_property
     def content_hash(self) -> str:
         """sha256 of the file's bytes: identifies this exact recording (datasets, caches, the registry)."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(self.path)
 
     def image(self, index: int) -> np.ndarray:
         """Frame `index` as uint8 [H, W, 3], read from disk (and decoded, for JPEG frames)."""

@@ -50,9 +50,11 @@ def evaluate_run(
     from mobile_vla.data.dataset import EpisodeDataset, dataset_fingerprint, dataset_provenance, load_episodes
     from mobile_vla.data.windows import WindowDataset
     from mobile_vla.evaluation.chunks import chunk_metrics
-    from mobile_vla.evaluation.metrics import metrics_with_intervals
-    from mobile_vla.policies.inference import load_run, resolve_run_dir
-    from mobile_vla.training.trainer import predict_dataset, resolve_device
+    from mobile_vla.metrics import metrics_with_intervals
+    from mobile_vla.policies.inference import load_run
+    from mobile_vla.policies.predict import predict_dataset
+    from mobile_vla.runs.uris import resolve_run_dir
+    from mobile_vla.utils.device import resolve_device
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_vla.evaluation.metrics import group_codes
+from mobile_vla.metrics import group_codes
 
 
 def paired_bootstrap_difference(

@@ -4,8 +4,9 @@
     action = policy.act(frame_uint8_hwc, "Navigate around obstacles ... on the left")   # (A,)
     policy.timings                                   # {"decode_ms", "preprocess_ms", "backbone_ms", "head_ms", ...}
 
-This module sits on top of the training package (it reuses the ``FeatureProvider`` and the checkpoint
-checks), so that training, offline evaluation and serving compute features exactly the same way.
+It reads the run directory through ``mobile_vla.runs`` and computes features with ``mobile_vla.features``
+(the same ``FeatureProvider`` the trainer uses), so that training, offline evaluation and serving compute
+features exactly the same way. It knows nothing of training, evaluation or the registry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import io
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +22,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobile_vla.data.windows import pad_history
+from mobile_vla.features.providers import HISTORY_FEATURES, FeatureProvider, to_pil
 from mobile_vla.policies.base import FeatureDims, Policy
 from mobile_vla.policies.registry import policy_from_config
+from mobile_vla.runs.checkpoints import load_head
+from mobile_vla.runs.directory import read_run_config
+from mobile_vla.runs.uris import URI_RESOLVERS, resolve_run_dir  # noqa: F401  (re-exported, old path)
+from mobile_vla.utils.device import resolve_device
 
 CHECKPOINTS = ("best", "last")
-
-# scheme -> function turning "scheme://..." into a local run directory (the registry adds its own).
-URI_RESOLVERS: dict[str, Callable[[str], Path]] = {}
-
-
-def resolve_run_dir(run_dir_or_uri: str | Path) -> Path:
-    text = str(run_dir_or_uri)
-    if text.startswith("models:/") and "models" not in URI_RESOLVERS:
-        from mobile_vla.registry import resolve_model_uri  # a plug-in, imported only when asked for
-
-        URI_RESOLVERS["models"] = resolve_model_uri
-    if text.startswith("models:/"):
-        return Path(URI_RESOLVERS["models"](text))
-    if "://" in text:
-        scheme = text.split("://", 1)[0]
-        if scheme not in URI_RESOLVERS:
-            raise ValueError(
-                f"cannot resolve {text!r}: no resolver for scheme {scheme!r} (known: {sorted(URI_RESOLVERS)}); "
-                "pass a run directory instead"
-            )
-        return Path(URI_RESOLVERS[scheme](text))
-    return Path(text)
 
 
 def load_run(
@@ -62,9 +47,6 @@ def load_run(
     The backbone is rebuilt from the spec in ``config.json`` unless one is passed; either way a checkpoint
     whose backbone fingerprint or action dims differ is refused (``CheckpointMismatchError``).
     """
-    from mobile_vla.training.checkpoints import load_head
-    from mobile_vla.training.features import FeatureProvider
-    from mobile_vla.training.trainer import read_run_config, resolve_device
 
     run_dir = resolve_run_dir(run_dir)
     if checkpoint not in CHECKPOINTS:
@@ -119,7 +101,6 @@ class FrameHistory:
 
     def window(self, provider: Any, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``({name: (W, ...)}, mask (W,))``: the last W frames' features, front-padded like the dataset."""
-        from mobile_vla.data.windows import pad_history
 
         missing = [i for i, f in enumerate(self.features) if f is None or any(n not in f for n in names)]
         if missing:
@@ -153,7 +134,6 @@ class InferencePolicy:
         self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
         # Heads that ask for ``history_*`` features (Case 4) get them from per-frame features, each frame
         # encoded once when it arrives, and a padding mask, as the window dataset gives them in training.
-        from mobile_vla.training.features import HISTORY_FEATURES
 
         self._per_frame_history = self.history_length > 1 and any(
             name in HISTORY_FEATURES for name in self.policy.required_features
@@ -196,7 +176,6 @@ class InferencePolicy:
         chunk), so the window stays the consecutive frames the policy was trained on."""
         if self.history_length == 1:
             return
-        from mobile_vla.training.features import to_pil
 
         frame = to_pil(image)
         if self._per_frame_history:
@@ -232,7 +211,6 @@ class InferencePolicy:
         """``(B, A)`` commands for independent frames (no history); each row depends only on its own inputs."""
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
-        from mobile_vla.training.features import to_pil
 
         t0 = time.perf_counter()
         pil = [to_pil(im) for im in images]
@@ -256,7 +234,6 @@ class InferencePolicy:
             raise ValueError(
                 f"got {len(images)} images, {len(instructions)} instructions, {len(slots)} slots"
             )
-        from mobile_vla.training.features import HISTORY_FEATURES, to_pil
 
         t0 = time.perf_counter()
         frames = [to_pil(im) for im in images]
@@ -298,7 +275,6 @@ class InferencePolicy:
         return self._run_head(features, t0, t1)["action"]
 
     def _step(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
-        from mobile_vla.training.features import to_pil
 
         t0 = time.perf_counter()
         frame = to_pil(image)
@@ -307,14 +283,12 @@ class InferencePolicy:
         if self._per_frame_history:
             return self._step_per_frame(frame, instruction, t0)
         self._history.append(frame)
-        window = list(self._history)
-        window = [window[0]] * (self.history_length - len(window)) + window  # pad the episode start
+        window, _ = pad_history(list(self._history), self.history_length)  # pad the episode start
         return self._forward([window], [instruction], t0)
 
     def _step_per_frame(self, frame: Image.Image, instruction: str, t0: float) -> dict[str, np.ndarray]:
         """One step of a case that asks for ``history_*`` features: the new frame's features are computed
         once, the window is assembled from the stored ones (front-padded, with its mask)."""
-        from mobile_vla.training.features import HISTORY_FEATURES
 
         t1 = time.perf_counter()
         names = tuple(self.policy.required_features)
@@ -369,7 +343,6 @@ def load_policy(
     feature_provider: Any | None = None,
 ) -> InferencePolicy:
     """Load a run directory (or a URI a registered resolver understands) as an ``InferencePolicy``."""
-    from mobile_vla.training.trainer import resolve_device
 
     device = resolve_device(device)
     policy, provider, record = load_run(

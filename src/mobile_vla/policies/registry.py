@@ -1,6 +1,16 @@
 """The case registry, timm style: a decorator registers a named preset, one function builds any of them.
 
-Adding a case is one new module with one ``@register_case`` function; nothing else dispatches on case names.
+Adding a case is one new module with one ``@register_case`` function; nothing else dispatches on case names,
+and no list of modules is edited: cases are discovered (``discover_cases``) from
+
+- the modules named ``case*.py`` in this package (``mobile_vla/policies/case5.py`` is picked up as it is), and
+- the ``mobile_vla.cases`` entry-point group, so a user's own package adds a case without touching this one::
+
+      # the user's pyproject.toml
+      [project.entry-points."mobile_vla.cases"]
+      my_case = "my_package.my_case"        # a module whose import runs @register_case
+
+A case module that fails to import is an error naming the module, never a silently missing case.
 
     @register_case("case1", aliases=("Simplified2DActionModelV2",))
     def case1() -> CaseSpec:
@@ -13,20 +23,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from mobile_vla.policies.base import ExtraFeature, FeatureDims, Policy, PolicyConfig
 
-# Modules that register cases when imported. A new case adds its module name here (the only other edit).
-CASE_MODULES: tuple[str, ...] = ("mobile_vla.policies.case1",)
-# Optional case modules owned by other work streams; skipped quietly until they exist.
-OPTIONAL_CASE_MODULES: tuple[str, ...] = (
-    "mobile_vla.policies.case2",
-    "mobile_vla.policies.case3",
-    "mobile_vla.policies.case4",
-)
+CASE_PACKAGE = "mobile_vla.policies"
+CASE_MODULE_PREFIX = "case"
+ENTRY_POINT_GROUP = "mobile_vla.cases"
+
+
+class CaseDiscoveryError(ImportError):
+    """A case module (of this package or an entry point) could not be imported."""
 
 
 @dataclass(frozen=True)
@@ -107,30 +119,50 @@ def unregister_case(name: str) -> None:
         _ALIASES.pop(alias, None)
 
 
-def _load_cases() -> None:
+def case_modules() -> list[str]:
+    """The modules that register cases: ``mobile_vla.policies.case*`` (sorted), then the entry points'."""
+    here = Path(__file__).parent
+    builtin = sorted(
+        f"{CASE_PACKAGE}.{info.name}"
+        for info in pkgutil.iter_modules([str(here)])
+        if info.name.startswith(CASE_MODULE_PREFIX) and not info.ispkg
+    )
+    plugged = [ep.value.split(":", 1)[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return builtin + [m for m in plugged if m not in builtin]
+
+
+def discover_cases() -> list[str]:
+    """Import every case module (``case_modules()``) once; returns the modules imported."""
     global _loaded
     if _loaded:
-        return
+        return []
     _loaded = True
-    for module in CASE_MODULES:
-        importlib.import_module(module)
-    for module in OPTIONAL_CASE_MODULES:
+    modules = case_modules()
+    for module in modules:
         try:
             importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        except Exception as exc:
+            _loaded = False
+            source = (
+                f"entry point group {ENTRY_POINT_GROUP!r}"
+                if not module.startswith(CASE_PACKAGE)
+                else "this package"
+            )
+            raise CaseDiscoveryError(
+                f"case module {module!r} (from {source}) failed to import: {exc}"
+            ) from exc
+    return modules
 
 
 def available_cases() -> list[str]:
     """Registered case names (without aliases), sorted."""
-    _load_cases()
+    discover_cases()
     return sorted(_CASES)
 
 
 def resolve_case_name(name: str) -> str:
     """Canonical case name for a name or alias (``"Simplified2DActionModelV2"`` -> ``"case1"``)."""
-    _load_cases()
+    discover_cases()
     if name in _CASES:
         return name
     if name in _ALIASES:

@@ -12,22 +12,17 @@ What train / evaluate / sim evaluate / serve call (see `store` for the details):
 Importing this package does not import MLflow (that happens when a store is opened).
 """
 
-from mobile_vla.registry.record import RunRecord, StoredRun, read_run_dir
-from mobile_vla.registry.store import (
-    NullRegistry,
-    Registry,
-    RegistryCallback,
+from mobile_vla.registry.callback import RegistryCallback
+from mobile_vla.registry.cli_args import add_tracking_arguments, registry_from_args
+from mobile_vla.registry.location import (
     RegistryLookupError,
     RegistryUnavailableError,
-    RunHandle,
-    add_tracking_arguments,
     default_tracking_uri,
-    open_registry,
-    registry_from_args,
-    registry_run_id,
-    resolve_model_uri,
     resolve_tracking_uri,
 )
+from mobile_vla.registry.null import NullRegistry
+from mobile_vla.registry.record import RunRecord, StoredRun, read_run_dir
+from mobile_vla.registry.store import Registry, RunHandle, open_registry, registry_run_id, resolve_model_uri
 
 __all__ = [
     "NullRegistry",

@@ -16,338 +16,59 @@ kinds of MLflow fields and back, so the naming scheme lives in one place:
   closed-loop results as ``closed_loop/{key}`` likewise (``closed_loop/per_scenario/{scenario}/{key}`` per
   scenario); the run's summary as ``summary/{key}``; ``model/trainable_params`` from the checkpoint.
 
-Nothing here imports MLflow, so it is cheap to test and to reuse.
+Nothing here imports MLflow, so it is cheap to test and to reuse. This module owns the records (``RunRecord``
+read from a run directory, ``StoredRun`` read back from MLflow); the naming and encoding helpers are in
+``naming``, the result <-> metric conversions in ``results`` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import struct
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TAG_PREFIX = "mobile_vla."
-SPLITS = ("train", "val", "test")
-# The run directory's status vocabulary (summary.json) and MLflow's.
-STATUS_TO_MLFLOW = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-MLFLOW_TO_STATUS = {v: k for k, v in STATUS_TO_MLFLOW.items()}
-
-MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
-MAX_TAG_VALUE = 8000  # and on a tag value
-CI_LOW, CI_HIGH = "ci_low", "ci_high"
-CLOSED_LOOP = "closed_loop"
-
-# Files of a run directory that are copied into the store as artifacts (when present).
-RUN_ARTIFACTS = ("config.json", "summary.json", "metrics.jsonl", "loss_curve.png")
-CHECKPOINT_FILES = ("best.safetensors", "config.json")
-CLOSED_LOOP_FILE = "closed_loop.json"
-REGISTRY_FILE = "registry.json"
-
-
-def tag(name: str) -> str:
-    return TAG_PREFIX + name
-
-
-# --- small pure helpers ---------------------------------------------------------------------------------
-def flatten(value: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """Nested dicts to one level with joined keys; lists and scalars are leaves.
-
-    >>> flatten({"train": {"lr": 5e-5, "betas": [0.9, 0.999]}})
-    {'train.lr': 5e-05, 'train.betas': [0.9, 0.999]}
-    """
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(item, Mapping) and item:
-            out.update(flatten(item, name, sep))
-        else:
-            out[name] = item
-    return out
-
-
-def param_value(value: Any) -> str:
-    """How a config value is written as an MLflow param: JSON for everything but plain strings.
-
-    JSON keeps types recoverable (``5e-05`` vs ``"5e-05"``, ``true``, ``null``, ``[0.7, 0.15, 0.15]``).
-    """
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def parse_param(text: str) -> Any:
-    """Inverse of `param_value` (a string that is not JSON stays a string)."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return text
-
-
-def ids_fingerprint(ids: Iterable[str]) -> str:
-    """Content hash of a list of episode ids (order-free): equal hashes mean the same episodes."""
-    digest = hashlib.sha256()
-    for item in sorted(ids):
-        digest.update(item.encode() + b"\n")
-    return digest.hexdigest()[:16]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def numeric_leaves(record: Mapping[str, Any], skip: Iterable[str] = ()) -> dict[str, float]:
-    """Every finite number (and bool, as 0/1) in a nested record, keys joined with ``/``."""
-    skip = set(skip)
-    out: dict[str, float] = {}
-    for key, value in flatten(record, sep="/").items():
-        if key in skip:
-            continue
-        if isinstance(value, bool) or is_number(value):
-            out[key] = float(value)
-    return out
-
-
-def code_version() -> dict[str, Any]:
-    """The installed package version and, when the source is a git checkout, its commit and dirtiness."""
-    from mobile_vla import __version__
-
-    info: dict[str, Any] = {"package": __version__, "git_commit": None, "git_dirty": None}
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode == 0 and commit.stdout.strip():
-            info["git_commit"] = commit.stdout.strip()
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=here,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-            info["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def parse_code_version(value: Any) -> dict[str, Any]:
-    """Normalise what ``config.json`` says: a dict, or the trainer's ``"0.1.0+abc1234"`` string."""
-    if isinstance(value, Mapping):
-        return {
-            "package": value.get("package") or value.get("version"),
-            "git_commit": value.get("git_commit") or value.get("commit"),
-            "git_dirty": value.get("git_dirty"),
-        }
-    if isinstance(value, str) and value:
-        package, _, commit = value.partition("+")
-        return {"package": package, "git_commit": commit or None, "git_dirty": None}
-    return {"package": None, "git_commit": None, "git_dirty": None}
-
-
-def safetensors_signature(path: str | Path) -> dict[str, Any]:
-    """Parameter count and architecture hash of a safetensors file, read from its header only.
-
-    The header is 8 bytes of little-endian length then JSON ``{name: {dtype, shape, data_offsets}}``; no
-    tensor is loaded. Two heads with the same tensor names and shapes have the same ``architecture_hash``:
-    that is how the report shows, from numbers, that Case 3 shares Case 1's architecture.
-    """
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {length})")
-        header = json.loads(f.read(length))
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    params = sum(math.prod(v["shape"]) for v in tensors.values())
-    shapes = sorted((k, tuple(v["shape"])) for k, v in tensors.items())
-    arch = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
-    return {
-        "trainable_params": int(params),
-        "num_tensors": len(tensors),
-        "architecture_hash": arch,
-        "metadata": header.get("__metadata__") or {},
-    }
-
-
-# --- results -> metric dicts ---------------------------------------------------------------------------
-def evaluation_payload(
-    result: Mapping[str, Any],
-) -> tuple[dict[str, float], dict[str, list[float]], int | None]:
-    """``(metrics, intervals, n)`` of an evaluation result in either of the shapes evaluate may write.
-
-    ``{"n", "metrics": {...}, "intervals": {key: [low, high]}}`` (``metrics_with_intervals``) or a flat dict of
-    numbers with an optional ``intervals`` entry.
-    """
-    metrics_src = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else result
-    metrics = {k: float(v) for k, v in metrics_src.items() if is_number(v) and k != "n"}
-    intervals = {
-        k: [float(v[0]), float(v[1])]
-        for k, v in (result.get("intervals") or {}).items()
-        if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v)
-    }
-    n = result.get("n", metrics_src.get("n"))
-    return metrics, intervals, int(n) if is_number(n) else None
-
-
-def evaluation_metrics(split: str, result: Mapping[str, Any]) -> dict[str, float]:
-    """``evaluate``'s result as metrics: ``{split}/{key}``, ``{split}/{key}/ci_low|ci_high``, ``{split}/n``."""
-    metrics, intervals, n = evaluation_payload(result)
-    out = {f"{split}/{k}": v for k, v in metrics.items()}
-    for k, (low, high) in intervals.items():
-        out[f"{split}/{k}/{CI_LOW}"] = low
-        out[f"{split}/{k}/{CI_HIGH}"] = high
-    if n is not None:
-        out[f"{split}/n"] = float(n)
-    for extra in ("loss", "action_loss", "n_frames", "n_episodes"):
-        if is_number(result.get(extra)):
-            out[f"{split}/{extra}"] = float(result[extra])
-    return out
-
-
-# Numbers in ``sim evaluate``'s JSON that describe the protocol, not the result.
-CLOSED_LOOP_PROTOCOL_KEYS = ("seed", "episodes", "max_steps", "control_period_s", "hold_s")
-# How `sim evaluate` writes a rate's 95% interval: beside it, ``{key}_ci95: [low, high]``.
-CI95_SUFFIX = "_ci95"
-
-
-def closed_loop_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """``sim evaluate``'s JSON as metrics under ``closed_loop/`` (per scenario under ``per_scenario/NAME/``)."""
-    out = _closed_loop_block(
-        {k: v for k, v in result.items() if k not in CLOSED_LOOP_PROTOCOL_KEYS}, CLOSED_LOOP
-    )
-    for name, block in (result.get("per_scenario") or {}).items():
-        if isinstance(block, Mapping):
-            out.update(_closed_loop_block(block, f"{CLOSED_LOOP}/per_scenario/{name}"))
-    return out
-
-
-def closed_loop_protocol(result: Mapping[str, Any]) -> str:
-    """A hash of how a closed-loop evaluation was run (seed, episode count, scenarios, step budget...).
-
-    Success rates are ranked against each other only when their protocols are equal.
-    """
-    protocol = {k: result.get(k) for k in CLOSED_LOOP_PROTOCOL_KEYS if k in result}
-    protocol["n"] = result.get("n")
-    if isinstance(result.get("config"), Mapping):  # the simulator's settings (camera size, tolerances...)
-        protocol["config"] = result["config"]
-    protocol["scenarios"] = sorted(result.get("per_scenario") or result.get("scenarios") or [])
-    return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def evaluation_tags(split: str, result: Mapping[str, Any], prefixed: bool = True) -> dict[str, str]:
-    """The content hash of the episodes an evaluation ran on (runs are ranked only on equal ones)."""
-    data = result.get("data") if isinstance(result.get("data"), Mapping) else {}
-    out = {f"eval.{split}.data_fingerprint": str(data["fingerprint"])} if data.get("fingerprint") else {}
-    return {tag(k): v for k, v in out.items()} if prefixed else out
-
-
-def closed_loop_tags(result: Mapping[str, Any], prefixed: bool = True) -> dict[str, str]:
-    """The protocol hash, and the scenarios of the latest evaluation (older per-scenario metrics stay in the
-    store; this says which ones are current)."""
-    out = {
-        "closed_loop.protocol": closed_loop_protocol(result),
-        "closed_loop.scenarios": ",".join(sorted(result.get("per_scenario") or {}))[:MAX_TAG_VALUE],
-    }
-    return {tag(k): v for k, v in out.items()} if prefixed else out
-
-
-def _closed_loop_block(block: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """One block of ``sim evaluate``'s result as metrics, with each interval under ``{key}/ci_low|ci_high``.
-
-    The simulator (`mobile_vla.sim.evaluate.summarize`) writes an interval beside its value as
-    ``{key}_ci95: [low, high]``; an ``intervals: {key: [low, high]}`` dict is read too.
-    """
-    out = {f"{prefix}/{k}": float(v) for k, v in block.items() if is_number(v)}
-    pairs = {k[: -len(CI95_SUFFIX)]: v for k, v in block.items() if k.endswith(CI95_SUFFIX) and len(k) > 5}
-    pairs.update(block.get("intervals") or {})
-    for k, v in pairs.items():
-        if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(x) for x in v):
-            out[f"{prefix}/{k}/{CI_LOW}"] = float(v[0])
-            out[f"{prefix}/{k}/{CI_HIGH}"] = float(v[1])
-    return out
-
-
-def frozen_encoders(config: Mapping[str, Any]) -> dict[str, bool | None]:
-    """Every frozen encoder a run's ``config.json`` records, and whether its weights are pretrained.
-
-    Read generically, so a case that adds an encoder needs no change here: every key of the config (outside
-    ``train``) named ``pretrained`` or ``*_pretrained`` is one encoder's flag. ``backbone.pretrained`` is the
-    backbone; ``extra_features.clip_image.pretrained`` (and its ``fingerprint.pretrained``) the feature
-    ``clip_image``; ``policy.clip_pretrained`` the head's ``clip``. Several flags of one encoder must all be
-    true. The backbone's flag missing is ``None`` (unknown); another encoder's ``null`` flag means the case did
-    not use it and is left out.
-    """
-    flags: dict[str, list[Any]] = {"backbone": []}
-    for key, value in flatten(config).items():
-        parts = key.split(".")
-        if parts[0] == "train":
-            continue
-        last = parts[-1]
-        if last == "pretrained":
-            owner = parts[:-1]
-            while owner and owner[-1] in ("fingerprint", "spec", "record"):
-                owner = owner[:-1]
-        elif last.endswith("_pretrained"):
-            owner = [*parts[:-1], last[: -len("_pretrained")]]
-        else:
-            continue
-        name = ".".join(owner).removeprefix("extra_features.") or "backbone"
-        flags.setdefault(name, []).append(parse_param(value) if isinstance(value, str) else value)
-    out: dict[str, bool | None] = {}
-    for name, values in flags.items():
-        known = [v for v in values if v is not None]
-        if name != "backbone" and not known:
-            continue
-        out[name] = all(bool(v) for v in known) if known else None
-    return out
-
-
-def unflatten_results(metrics: Mapping[str, float], prefix: str) -> dict[str, Any] | None:
-    """Inverse of `evaluation_metrics` / `closed_loop_metrics` for one prefix: ``{"n", "metrics", "intervals"}``.
-
-    Keys with further ``/`` (``closed_loop/per_scenario/...``) are left out; read them with their own prefix.
-    """
-    head = prefix + "/"
-    values: dict[str, float] = {}
-    intervals: dict[str, list[float]] = {}
-    for key, value in metrics.items():
-        if not key.startswith(head):
-            continue
-        rest = key[len(head) :]
-        name, _, bound = rest.rpartition("/")
-        if bound in (CI_LOW, CI_HIGH) and "/" not in name:
-            intervals.setdefault(name, [math.nan, math.nan])[0 if bound == CI_LOW else 1] = value
-        elif "/" not in rest:
-            values[rest] = value
-    if not values:
-        return None
-    n = values.pop("n", None)
-    out: dict[str, Any] = {
-        "n": int(n) if n is not None else None,
-        "metrics": values,
-        "intervals": {k: v for k, v in intervals.items() if not any(math.isnan(x) for x in v)},
-    }
-    for count in ("n_episodes", "n_frames"):
-        if count in values:
-            out[count] = int(values.pop(count))
-    return out
-
-
-def scenario_names(metrics: Mapping[str, float]) -> list[str]:
-    head = f"{CLOSED_LOOP}/per_scenario/"
-    return sorted({k[len(head) :].split("/", 1)[0] for k in metrics if k.startswith(head)})
+from mobile_vla.registry.naming import (  # noqa: F401  (re-exported)
+    CHECKPOINT_FILES,
+    CI_HIGH,
+    CI_LOW,
+    CLOSED_LOOP,
+    CLOSED_LOOP_FILE,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    MLFLOW_TO_STATUS,
+    REGISTRY_FILE,
+    RUN_ARTIFACTS,
+    SPLITS,
+    STATUS_TO_MLFLOW,
+    TAG_PREFIX,
+    flatten,
+    ids_fingerprint,
+    is_number,
+    numeric_leaves,
+    param_value,
+    parse_code_version,
+    parse_param,
+    safetensors_signature,
+    tag,
+)
+from mobile_vla.registry.results import (  # noqa: F401  (re-exported)
+    CI95_SUFFIX,
+    CLOSED_LOOP_PROTOCOL_KEYS,
+    _closed_loop_block,
+    closed_loop_metrics,
+    closed_loop_protocol,
+    closed_loop_tags,
+    evaluation_metrics,
+    evaluation_payload,
+    evaluation_tags,
+    frozen_encoders,
+    scenario_names,
+    unflatten_results,
+)
+from mobile_vla.utils.files import sha256_file as file_sha256  # noqa: F401  (re-exported)
+from mobile_vla.utils.version import code_version  # noqa: F401  (re-exported)
 
 
 # --- the run directory -----------------------------------------------------------------------------------

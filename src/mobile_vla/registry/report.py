@@ -5,21 +5,19 @@ encoders, head, hyperparameters and training settings as JSON blocks, metrics), 
 ranking, the architecture table, the update log, troubleshooting — but every number comes from the store
 with its ``n`` and 95% interval, the ranking follows `mobile_vla.registry.ranking`'s rules, and the plots
 (predicted vs target per axis, metric bars with interval whiskers, loss curves) are PNGs beside the file.
+
+This module writes the sections; number formatting is in ``report_format``, the plots in ``report_plots``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mobile_vla.evaluation.metrics import DIRECTION_DEAD_ZONE
+from mobile_vla.metrics import DIRECTION_DEAD_ZONE
 from mobile_vla.registry.ranking import (
     CLOSED_LOOP_KEY,
     RankedGroup,
@@ -29,50 +27,24 @@ from mobile_vla.registry.ranking import (
     separation_reason,
 )
 from mobile_vla.registry.record import StoredRun
-
-THRESHOLDS = ("0.3", "0.2", "0.15")
-PERCENT_PREFIXES = ("accuracy_", "tracking_accuracy", "direction_accuracy_", "magnitude_order_accuracy")
-RATE_KEYS = ("success_rate", "collision_rate")  # proportions in [0, 1], shown as percent
-
-
-# --- number formatting -------------------------------------------------------------------------------------
-def _is_percent(key: str) -> bool:
-    return key.startswith(PERCENT_PREFIXES) or any(key.endswith(f"_{t}") for t in THRESHOLDS)
-
-
-def fmt(key: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if key in RATE_KEYS:
-        return f"{100 * value:.1f}%"
-    if _is_percent(key):
-        return f"{value:.2f}%"
-    return f"{value:.3f}"
-
-
-def fmt_ci(result: dict[str, Any] | None, key: str, with_n: bool = False) -> str:
-    """``value [low, high]`` (and ``n=``) of one metric of an ``{"n", "metrics", "intervals"}`` result."""
-    if not result or key not in result["metrics"]:
-        return "—"
-    text = fmt(key, result["metrics"][key])
-    interval = result["intervals"].get(key)
-    text += f" [{fmt(key, interval[0])}, {fmt(key, interval[1])}]" if interval else " (no interval)"
-    if with_n and result.get("n") is not None:
-        text += f", n={result['n']}"
-    return text
-
-
-def _date(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M") if ms else "—"
-
-
-def _axes(run: StoredRun) -> list[str]:
-    text = run.tag("action_dims", "")
-    return [a for a in text.split(",") if a] or ["linear_x", "linear_y"]
-
-
-def _run_label(run: StoredRun) -> str:
-    return f"{run.case} `{run.name}`"
+from mobile_vla.registry.report_format import (  # noqa: F401  (re-exported)
+    PERCENT_PREFIXES,
+    RATE_KEYS,
+    THRESHOLDS,
+    _axes,
+    _date,
+    _is_percent,
+    _run_label,
+    fmt,
+    fmt_ci,
+)
+from mobile_vla.registry.report_plots import (  # noqa: F401  (re-exported)
+    _histories,
+    _loss_curves,
+    _metric_bars,
+    _plots,
+    _pred_vs_target,
+)
 
 
 # --- choosing what to show per case ------------------------------------------------------------------------
@@ -165,7 +137,7 @@ class _Doc:
 def _overview(doc: _Doc, split: str) -> None:
     doc.h(2, "Overview")
     doc.p(
-        "Each case is a registered model (`case1`..`case4`); each finished training run is a version of it, "
+        "Each case is a registered model (`mobile-vla describe --list` names them); each finished training run is a version of it, "
         "and `models:/CASE@champion` is the one the robot runs (`mobile-vla registry promote RUN --alias "
         "champion`). How runs are ranked:"
     )
@@ -675,117 +647,3 @@ def _troubleshooting(doc: _Doc, runs: Sequence[StoredRun], ranking: Ranking, spl
         "are ties.",
         "",
     ]
-
-
-# --- plots -------------------------------------------------------------------------------------------------
-def _histories(registry: Any, run: StoredRun) -> dict[str, list[tuple[int, float]]]:
-    return {
-        key: registry.metric_history(run.run_id, key)
-        for key in ("train_loss", "val_loss")
-        if key in run.metrics
-    }
-
-
-def _plots(
-    registry: Any,
-    runs: Sequence[StoredRun],
-    ranking: Ranking,
-    reps: dict[str, tuple[StoredRun, str]],
-    histories: dict[str, dict[str, list[tuple[int, float]]]],
-    folder: Path,
-    split: str,
-) -> dict[str, list[Path]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    images: dict[str, list[Path]] = {"metrics": [], "loss": [], "pred": []}
-    for i, group in enumerate(ranking.groups, 1):
-        images["metrics"].append(_metric_bars(group, folder / f"metrics_group{i}.png", split))
-    rep_runs = [r for r, _ in reps.values()]
-    if any(histories.values()):
-        images["loss"].append(_loss_curves(rep_runs, histories, folder / "loss_curves.png"))
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in rep_runs:
-            npz = registry.download_artifact(run.run_id, f"eval/predictions_{split}.npz", tmp)
-            if npz is not None and npz.is_file():
-                images["pred"].append(
-                    _pred_vs_target(run, npz, folder / f"pred_vs_target_{run.case}_{run.name}.png")
-                )
-    return images
-
-
-def _metric_bars(group: RankedGroup, path: Path, split: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    panels = [(f"{split} MAE", "mae", False), (f"{split} accuracy (0.3), %", "accuracy_0.3", False)]
-    if any(s.run.closed_loop() for s in group.scores):
-        panels.append(("closed-loop success, %", "success_rate", True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    labels = [f"{s.run.case}\n{s.run.name}" for s in group.scores]
-    for ax, (title, key, closed) in zip(axes[0], panels, strict=True):
-        values, lows, highs = [], [], []
-        for s in group.scores:
-            result = s.run.closed_loop() if closed else s.run.evaluation(split)
-            scale = 100.0 if closed else 1.0
-            value = (result or {}).get("metrics", {}).get(key, np.nan) * scale
-            low, high = (result or {}).get("intervals", {}).get(key, [np.nan, np.nan])
-            values.append(value)
-            lows.append(value - low * scale)
-            highs.append(high * scale - value)
-        x = np.arange(len(values))
-        ax.bar(x, values, color="#4c72b0")
-        ax.errorbar(
-            x,
-            values,
-            yerr=[np.clip(lows, 0, None), np.clip(highs, 0, None)],
-            fmt="none",
-            ecolor="black",
-            capsize=4,
-        )
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"{group.label} (whiskers: 95% intervals)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _loss_curves(runs: Sequence[StoredRun], histories: dict[str, dict], path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for run in runs:
-        for key, style in (("train_loss", "-"), ("val_loss", "--")):
-            points = histories.get(run.run_id, {}).get(key)
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, style, marker=".", label=f"{run.case} {run.name} {key}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _pred_vs_target(run: StoredRun, npz: Path, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with np.load(npz) as data:
-        pred, target = data["predictions"], data["targets"]
-    axes_names = _axes(run)
-    fig, axes = plt.subplots(1, pred.shape[1], figsize=(3.6 * pred.shape[1], 3.4), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.scatter(target[:, i], pred[:, i], s=8, alpha=0.5)
-        lim = float(max(np.abs(target[:, i]).max(), np.abs(pred[:, i]).max(), 1e-3)) * 1.1
-        ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
-        ax.set_xlabel(f"target {axes_names[i] if i < len(axes_names) else i}")
-        ax.set_ylabel("predicted")
-    fig.suptitle(f"{run.case} {run.name}: predicted vs target (n={len(pred)})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

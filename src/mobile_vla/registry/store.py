@@ -18,30 +18,48 @@ Default store: an embedded SQLite database ``<project>/mlruns/mlflow.db`` with a
 ``<project>/mlruns/artifacts`` (project = ``$MOBILE_VLA_HOME`` or the current directory); nothing to start, and
 ``mlflow ui --backend-store-uri sqlite:///<project>/mlruns/mlflow.db`` shows it. ``MLFLOW_TRACKING_URI`` or
 ``--tracking-uri`` point at a team server instead (``http(s)://`` or a database URL such as ``postgresql://``).
+
+This module owns ``Registry`` (syncing run directories into MLflow, evaluations, promotion and model
+resolution) and ``RunHandle``; the rest of the registry is beside it: ``location`` (which store, reachable?),
+``sqlite`` (lock retries), ``liveness`` (runs their process left open), ``callback`` (the trainer hook),
+``null`` (``--no-track``) and ``cli_args`` (the flags).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
-import random
 import shutil
-import signal
 import socket
-import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mobile_vla.registry.callback import RegistryCallback, _log_unrecorded  # noqa: F401  (re-exported)
+from mobile_vla.registry.liveness import (  # noqa: F401  (re-exported)
+    _open_handles,
+    _pid_start_time,
+    _process_alive,
+    close_unfinished_runs,
+)
+from mobile_vla.registry.location import (  # noqa: F401  (re-exported)
+    DEFAULT_EXPERIMENT,
+    HEALTH_TIMEOUT_S,
+    RegistryLookupError,
+    RegistryUnavailableError,
+    _check_reachable,
+    _sqlite_path,
+    default_artifact_location,
+    default_tracking_uri,
+    project_dir,
+    resolve_tracking_uri,
+)
+from mobile_vla.registry.null import NullRegistry, NullRunHandle  # noqa: F401  (re-exported)
 from mobile_vla.registry.record import (
     CHECKPOINT_FILES,
     CLOSED_LOOP_FILE,
@@ -59,71 +77,9 @@ from mobile_vla.registry.record import (
     read_run_dir,
     tag,
 )
+from mobile_vla.registry.sqlite import _file_lock, _is_lock_error, _RetryingClient  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_EXPERIMENT = "mobile-vla"
-HEALTH_TIMEOUT_S = 5.0
-
-
-class RegistryUnavailableError(RuntimeError):
-    """The tracking store cannot be reached or written; raised by `open_registry`, before any work starts."""
-
-
-class RegistryLookupError(LookupError):
-    """A run, model version or alias that the store does not hold."""
-
-
-# --- where the store is ----------------------------------------------------------------------------------
-def project_dir() -> Path:
-    """``$MOBILE_VLA_HOME`` or the current directory: the embedded store lives in its ``mlruns/``."""
-    return Path(os.environ.get("MOBILE_VLA_HOME") or Path.cwd()).expanduser().resolve()
-
-
-def default_tracking_uri(project: str | Path | None = None) -> str:
-    db = (Path(project).resolve() if project else project_dir()) / "mlruns" / "mlflow.db"
-    return f"sqlite:///{db}"
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The URI in force: the argument, else ``MLFLOW_TRACKING_URI``, else the embedded default.
-
-    A relative SQLite path is made absolute, so the same store is the same URI from any directory (the run
-    directory's ``registry.json`` is keyed by it).
-    """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    path = _sqlite_path(uri)
-    if path is not None:
-        return f"sqlite:///{path}"
-    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
-        raise RegistryUnavailableError(
-            f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///path/mlflow.db, http://host:5000 or "
-            "postgresql://user@host/db (a bare directory is not supported: pick a SQLite file in it)"
-        )
-    return uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    raw = uri[len("sqlite:///") :]
-    if raw in ("", ":memory:"):
-        raise RegistryUnavailableError(f"tracking URI {uri!r}: an in-memory SQLite store cannot be shared")
-    return Path(raw).expanduser().resolve()
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: explicit, never the current directory by accident.
-
-    ``$MOBILE_VLA_ARTIFACT_LOCATION`` when set; for SQLite, an ``artifacts/`` folder beside the database; for a
-    server, None (the server's own ``--artifacts-destination`` decides, as a team setup expects).
-    """
-    if os.environ.get("MOBILE_VLA_ARTIFACT_LOCATION"):
-        return os.environ["MOBILE_VLA_ARTIFACT_LOCATION"]
-    path = _sqlite_path(tracking_uri)
-    if path is not None:
-        return (path.parent / "artifacts").as_uri()
-    return None
 
 
 def open_registry(
@@ -136,14 +92,11 @@ def open_registry(
     """Open (and check) the store every command records into; with ``no_track``, a registry that does nothing.
 
     Fails at once with `RegistryUnavailableError` naming the URI when the store cannot be reached or written,
-    so a training run never finds out after an hour. Telemetry is off unless the user turned it on.
+    so a training run never finds out after an hour. (The CLI turns MLflow's telemetry and URL printing off:
+    ``mobile_vla.cli.MLFLOW_ENVIRONMENT``.)
     """
     if no_track:
         return NullRegistry()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # MLflow prints run URLs on stdout for server stores: that would corrupt a command's --json output.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     _check_reachable(uri)
     return Registry(
@@ -151,167 +104,6 @@ def open_registry(
         experiment=experiment or os.environ.get("MOBILE_VLA_EXPERIMENT") or DEFAULT_EXPERIMENT,
         artifact_location=artifact_location,
     )
-
-
-def _check_reachable(uri: str) -> None:
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered (auth or an old server without /health): reachable; MLflow handles the rest
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RegistryUnavailableError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it (e.g. `mlflow server "
-                "--backend-store-uri postgresql://... --artifacts-destination ...`), point --tracking-uri or "
-                "MLFLOW_TRACKING_URI at a running one, or pass --no-track to work without the registry."
-            ) from exc
-    path = _sqlite_path(uri)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            probe = path.parent / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise RegistryUnavailableError(
-                f"cannot write the registry database {path} ({exc}). Set MOBILE_VLA_HOME or --tracking-uri to a "
-                "writable place, or pass --no-track to work without the registry."
-            ) from exc
-
-
-# --- retries around a shared SQLite file ---------------------------------------------------------------
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-class _RetryingClient:
-    """MlflowClient whose calls retry (with jittered backoff) when SQLite says the database is locked.
-
-    MLflow sets a 20 s busy timeout, but SQLite answers "locked" at once when two connections both try to
-    upgrade a read transaction to a write one; a failed statement was rolled back, so a retry is safe.
-    """
-
-    def __init__(self, client: Any, attempts: int = 10) -> None:
-        self._client = client
-        self._attempts = attempts
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            delay = 0.05
-            for attempt in range(self._attempts):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as exc:
-                    if attempt == self._attempts - 1 or not _is_lock_error(exc):
-                        raise
-                    logger.debug("%s: database locked, retry %d", name, attempt + 1)
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 2.0)
-            raise AssertionError("unreachable")
-
-        return call
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (POSIX); elsewhere a no-op."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: creating the database concurrently is then the user's business
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# --- ending runs that their process could not end --------------------------------------------------------
-# Strong references: a handle whose caller dropped it must still be closed at exit.
-_open_handles: set[RunHandle] = set()
-_exit_reason: dict[str, Any] = {"signal": None, "exception": None, "message": None}
-_hooks_installed = False
-
-
-def _install_exit_hooks() -> None:
-    """Once per process: SIGTERM unwinds like an exception, and atexit closes runs nobody finished."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_close_open_handles)
-    previous_hook = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        _exit_reason["exception"] = exc_type
-        _exit_reason["message"] = f"{exc_type.__name__}: {exc}"
-        previous_hook(exc_type, exc, tb)
-
-    sys.excepthook = excepthook
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN:
-        return
-
-    def on_sigterm(signum, frame):
-        _exit_reason["signal"] = signum
-        if callable(previous):
-            previous(signum, frame)
-        # Default SIGTERM would end the process without running finally blocks or atexit; unwind instead.
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _close_open_handles() -> None:
-    for handle in list(_open_handles):
-        if handle.finished:
-            continue
-        killed = _exit_reason["signal"] is not None or (
-            _exit_reason["exception"] is not None and issubclass(_exit_reason["exception"], KeyboardInterrupt)
-        )
-        status = "killed" if killed else "failed"
-        if _exit_reason["signal"] is not None:
-            reason = f"process ended by signal {_exit_reason['signal']}"
-        elif _exit_reason["message"]:
-            reason = f"process ended by an uncaught {_exit_reason['message']}"
-        else:
-            reason = "process exited without finishing the run"
-        try:
-            handle.finish(status, error=reason)
-        except Exception as exc:  # at exit there is no one left to raise to
-            logger.error("could not mark run %s %s: %s", handle.run_id, status, exc)
-
-
-def _pid_start_time(pid: int) -> str | None:
-    """The process's start time (Linux ``/proc``), so a reused pid is not mistaken for the writer."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_alive(pid: int, start_time: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start_time is None or _pid_start_time(pid) in (None, start_time)
 
 
 # --- the registry ----------------------------------------------------------------------------------------
@@ -373,8 +165,8 @@ class Registry:
         """Open (or, for a resumed run directory, reopen) the MLflow run of a training about to start.
 
         ``config`` defaults to the run directory's ``config.json``. Use the handle as a context manager, or
-        call ``finish``; a process that dies without either still gets its run marked failed/killed (atexit,
-        SIGTERM), and `reconcile_stale_runs` catches the rest (``kill -9``).
+        call ``finish``; under ``mobile_vla.cli.process_hooks`` (every CLI command) a process that ends without
+        either still gets its run marked failed/killed, and `reconcile_stale_runs` catches the rest (``kill -9``).
         """
         run_dir = Path(run_dir).resolve()
         if config is None:
@@ -392,7 +184,6 @@ class Registry:
         record.summary = {**(record.summary or {}), "status": "running"}
         self._log_fields(run_id, record, extra_tags={tag(k): v for k, v in writer.items()}, epochs=True)
         self._log_artifacts(run_id, record, checkpoint=False)
-        _install_exit_hooks()
         handle = RunHandle(self, run_id, run_dir, record.config)
         _open_handles.add(handle)
         return handle
@@ -935,97 +726,14 @@ class RunHandle:
         if exc_type is None:
             self.finish("finished")
             return
-        killed = issubclass(exc_type, KeyboardInterrupt) or (
-            issubclass(exc_type, SystemExit) and _exit_reason["signal"] is not None
-        )
+        killed = issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C, or SIGTERM under cli.process_hooks
         try:
             self.finish("killed" if killed else "failed", error=f"{exc_type.__name__}: {exc}")
         except Exception as store_error:  # never hide the training's own exception behind the store's
             _log_unrecorded(self.run_dir, store_error)
 
 
-class RegistryCallback:
-    """Plugs the registry into the trainer's callback hooks without the trainer knowing MLflow."""
-
-    def __init__(self, registry: Registry | NullRegistry) -> None:
-        self.registry = registry
-        self.handle: RunHandle | NullRunHandle | None = None
-
-    def on_run_start(self, trainer: Any) -> None:
-        self.handle = self.registry.start_training_run(trainer.out_dir)
-
-    def on_epoch_end(self, trainer: Any, record: Mapping[str, Any]) -> None:
-        if self.handle is not None:
-            self.handle.log_epoch(int(record.get("epoch", 0)), record)
-
-    def on_run_end(self, trainer: Any, summary: Mapping[str, Any]) -> None:
-        # Called from the trainer's `finally`: an error here must not replace the training's outcome.
-        if self.handle is not None:
-            try:
-                self.handle.finish(str(summary.get("status", "failed")), summary)
-            except Exception as exc:
-                _log_unrecorded(getattr(trainer, "out_dir", "RUN_DIR"), exc)
-
-
-# --- --no-track -------------------------------------------------------------------------------------------
-class NullRunHandle:
-    run_id = None
-    finished = False
-
-    def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        pass
-
-    def finish(self, status: str = "finished", summary=None, error=None) -> None:
-        self.finished = True
-
-    def __enter__(self) -> NullRunHandle:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.finished = True
-
-
-class NullRegistry:
-    """What ``--no-track`` gets: the same API, recording nothing (a log line says so once)."""
-
-    enabled = False
-    tracking_uri = None
-
-    def __init__(self) -> None:
-        logger.info("registry: --no-track, nothing is recorded")
-
-    def start_training_run(self, run_dir, config=None) -> NullRunHandle:
-        return NullRunHandle()
-
-    def record_run_dir(self, run_dir) -> None:
-        return None
-
-    def log_evaluation(self, run_dir, split, eval_result=None) -> None:
-        return None
-
-    def log_closed_loop(self, run_dir, sim_result) -> None:
-        return None
-
-    def resolve_model_uri(self, uri: str, download_dir=None) -> Path:
-        if uri.startswith("models:/"):
-            raise RegistryLookupError(f"{uri}: models:/ addresses need the registry; drop --no-track")
-        return Path(uri)
-
-    def training_callback(self) -> RegistryCallback:
-        return RegistryCallback(self)
-
-
 # --- helpers ------------------------------------------------------------------------------------------------
-def _log_unrecorded(run_dir: Any, exc: BaseException) -> None:
-    logger.error(
-        "registry: could not record the end of %s (%s); the run directory is complete, import it with "
-        "`mobile-vla registry record %s` once the store is reachable",
-        run_dir,
-        exc,
-        run_dir,
-    )
-
-
 def registry_run_id(run_dir: str | Path, tracking_uri: str | None = None) -> str | None:
     """The MLflow run id a run directory is recorded under (from its ``registry.json``; no MLflow import).
 
@@ -1095,19 +803,3 @@ def resolve_model_uri(
     registry = open_registry(tracking_uri)
     assert isinstance(registry, Registry)
     return registry.resolve_model_uri(str(uri), download_dir)
-
-
-def add_tracking_arguments(parser: Any, no_track: bool = True) -> None:
-    """``--tracking-uri`` (and ``--no-track``) for any command that records into or reads the registry."""
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlruns/mlflow.db with "
-        "project = $MOBILE_VLA_HOME or the current directory)",
-    )
-    if no_track:
-        parser.add_argument("--no-track", action="store_true", help="do not record into the registry")
-
-
-def registry_from_args(args: Any) -> Registry | NullRegistry:
-    return open_registry(getattr(args, "tracking_uri", None), no_track=bool(getattr(args, "no_track", False)))

@@ -7,52 +7,60 @@ The loop is case-agnostic: it asks the ``FeatureProvider`` for ``policy.required
 ``policy(features)`` and ``policy.compute_loss(outputs, batch)``. Nothing here knows what a case is.
 
 Run directory (see docs/CONTRACTS.md): ``config.json``, ``best.safetensors``, ``last.safetensors``,
-``resume/``, ``metrics.jsonl``, ``loss_curve.png``, ``summary.json``.
+``resume/``, ``metrics.jsonl``, ``loss_curve.png``, ``summary.json`` -- written through ``mobile_vla.runs``.
+This module owns the ``Trainer`` and its ``Callback`` interface; the set-up (seeds, backbone, loader) is in
+``training.loaders``, the loss plot in ``training.plots``, validation predictions in ``policies.predict``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
-import signal
-import subprocess
-import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from mobile_vla.features.providers import FeatureProvider
+from mobile_vla.metrics import compute_metrics
 from mobile_vla.policies import FeatureDims, Policy, build_policy, get_case
-from mobile_vla.training.checkpoints import (
+from mobile_vla.policies.predict import predict_dataset, progress_bar, to_device
+from mobile_vla.runs.checkpoints import (
     load_resume_state,
     save_head,
     save_resume_state,
 )
+from mobile_vla.runs.directory import (  # noqa: F401  (read_run_config, STATUSES: re-exported, old path)
+    METRICS,
+    STATUSES,
+    append_metrics,
+    read_metrics,
+    read_run_config,
+    write_metrics,
+    write_run_config,
+    write_summary,
+)
 from mobile_vla.training.config import TrainConfig
-from mobile_vla.training.distributed import DistributedContext, GlobalBatchSampler, scratch_run_dir
-from mobile_vla.training.features import FeatureProvider
+from mobile_vla.training.distributed import DistributedContext, scratch_run_dir
+from mobile_vla.training.loaders import (  # noqa: F401  (re-exported)
+    backbone_record,
+    build_backbone,
+    make_loader,
+    seed_everything,
+)
+from mobile_vla.training.plots import plot_loss_curve  # noqa: F401  (re-exported)
 from mobile_vla.training.sampling import (
     SamplingSettings,
-    WeightedGlobalBatchSampler,
     epoch_weights,
     sampling_record,
 )
+from mobile_vla.utils.device import resolve_device  # noqa: F401  (re-exported, old path)
+from mobile_vla.utils.version import code_version_string
 
 logger = logging.getLogger(__name__)
-
-STATUSES = ("running", "finished", "failed", "killed")
-
-
-class TrainingKilled(KeyboardInterrupt):
-    """Raised inside the loop when the process receives SIGTERM, so the run is marked ``killed``."""
 
 
 class Callback:
@@ -70,175 +78,6 @@ class Callback:
 
     def on_run_end(self, trainer: Trainer, summary: Mapping[str, Any]) -> None:
         pass
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device!r} requested but torch.cuda.is_available() is False; use --device cpu"
-        )
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def code_version() -> str:
-    """Package version plus the git commit of the source tree when there is one."""
-    from mobile_vla import __version__
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
-
-
-def build_backbone(config: TrainConfig, device: str) -> Any:
-    from mobile_vla.backbones import create_backbone
-
-    kwargs: dict[str, Any] = {"device": device, "dtype": config.backbone_dtype}
-    if config.backbone_path:
-        kwargs["path"] = config.backbone_path
-    return create_backbone(config.backbone, **kwargs)
-
-
-def backbone_record(backbone: Any) -> dict[str, Any]:
-    return {
-        "profile": backbone.profile,
-        "spec": backbone.spec(),
-        "fingerprint": backbone.fingerprint,
-        "fingerprint_hash": backbone.fingerprint_hash,
-        "pretrained": bool(backbone.pretrained),
-    }
-
-
-def make_loader(
-    dataset: Any,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    num_workers: int,
-    context: DistributedContext | None = None,
-    weights: np.ndarray | None = None,
-) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on (seed, epoch), so a resumed run sees the same batches.
-
-    With a distributed ``context``, this rank's slice of each global batch (``GlobalBatchSampler``). With
-    ``weights`` (``training.sampling``), ``len(dataset)`` draws with replacement instead of a shuffle.
-    """
-    from mobile_vla.data.dataset import collate_batch
-
-    generator = torch.Generator()  # also seeds the workers, so loading never draws from the global RNG
-    generator.manual_seed(seed * 100_003 + epoch)
-    if weights is not None:
-        sampler = WeightedGlobalBatchSampler(
-            weights, batch_size, context or DistributedContext(), seed=seed, epoch=epoch
-        )
-    else:
-        sampler = GlobalBatchSampler(
-            len(dataset), batch_size, context or DistributedContext(), shuffle=shuffle, seed=seed, epoch=epoch
-        )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        generator=generator,
-        collate_fn=collate_batch,
-        num_workers=num_workers,
-    )
-
-
-def predict_dataset(
-    policy: Policy,
-    provider: FeatureProvider,
-    dataset: Any,
-    *,
-    batch_size: int,
-    device: str,
-    progress: bool = False,
-    desc: str = "predict",
-) -> dict[str, Any]:
-    """Eval-mode predictions over a dataset: ``{"predictions", "targets", "loss", "action_loss", "episode_ids",
-    ...}``. ``loss`` is the case's whole training loss (Case 4: action chunk + task + state terms);
-    ``action_loss`` the Huber loss of the predicted action alone (the ``action_loss`` the case logs), which is
-    what early stopping and the best checkpoint follow."""
-    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, epoch=0, num_workers=0)
-    policy.eval()
-    preds, targets, episode_ids, frame_indices = [], [], [], []
-    chunks: dict[str, list[np.ndarray]] = {"chunk_predictions": [], "chunk_targets": [], "chunk_mask": []}
-    loss_sum, action_loss_sum, n = 0.0, 0.0, 0
-    with torch.no_grad():
-        for batch in _progress(loader, progress, desc):
-            features = _to_device(provider(batch, policy.feature_names(training=True)), device)
-            outputs = policy(features)
-            loss, logs = policy.compute_loss(outputs, batch)
-            b = len(batch["action"])
-            loss_sum += float(loss) * b
-            action_loss_sum += float(logs.get("action_loss", loss)) * b
-            n += b
-            preds.append(outputs["action"].float().cpu().numpy())
-            targets.append(batch["action"].float().cpu().numpy())
-            episode_ids += list(batch.get("episode_id", [""] * b))
-            frame_indices += [int(i) for i in batch.get("frame_index", [-1] * b)]
-            if "action_chunk" in outputs and "action_chunk" in batch:  # chunking cases (Case 4)
-                chunks["chunk_predictions"].append(outputs["action_chunk"].float().cpu().numpy())
-                chunks["chunk_targets"].append(batch["action_chunk"].float().cpu().numpy())
-                chunks["chunk_mask"].append(batch["action_chunk_mask"].bool().cpu().numpy())
-    a = len(policy.action_dims)
-    out = {
-        "predictions": np.concatenate(preds) if preds else np.zeros((0, a), np.float32),
-        "targets": np.concatenate(targets) if targets else np.zeros((0, a), np.float32),
-        "loss": loss_sum / n if n else float("nan"),
-        "action_loss": action_loss_sum / n if n else float("nan"),
-        "n": n,
-        "episode_ids": episode_ids,
-        "frame_indices": frame_indices,
-    }
-    if chunks["chunk_predictions"]:
-        out.update({k: np.concatenate(v) for k, v in chunks.items()})
-    return out
-
-
-def _to_device(features: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    return {k: v.to(device=device, dtype=torch.float32) for k, v in features.items()}
-
-
-def _progress(iterable: Iterable, enabled: bool, desc: str, **kwargs: Any) -> Iterable:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into ``TrainingKilled`` while training (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TrainingKilled(f"received signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -284,7 +123,7 @@ class Trainer:
             backbone = feature_provider.backbone
         self.backbone = backbone if backbone is not None else build_backbone(config, self.device)
         if feature_provider is None:
-            from mobile_vla.training.cached_features import feature_provider_for
+            from mobile_vla.features.cached import feature_provider_for
 
             # The backbone is frozen, so its features go through the on-disk feature cache.
             feature_provider = feature_provider_for(self.backbone)
@@ -461,8 +300,8 @@ class Trainer:
             )
             start_epoch = state["epoch"] + 1
             counters.update(state["counters"])
-            self.history = _read_metrics(run_dir / "metrics.jsonl", upto_epoch=state["epoch"])
-            _write_metrics(run_dir / "metrics.jsonl", self.history)
+            self.history = read_metrics(run_dir / METRICS, upto_epoch=state["epoch"])
+            write_metrics(run_dir / METRICS, self.history)
             logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
         else:
             self._run_record = {
@@ -479,11 +318,11 @@ class Trainer:
                 "data": data_record,
                 "sampling": sampling_record(datasets["train"], SamplingSettings.from_config(cfg)),
                 "action_dims": list(policy.action_dims),
-                "code_version": code_version(),
+                "code_version": code_version_string(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            (run_dir / "config.json").write_text(json.dumps(self._run_record, indent=2))
-            (run_dir / "metrics.jsonl").write_text("")
+            write_run_config(run_dir, self._run_record)
+            (run_dir / METRICS).write_text("")
 
         self.optimizer, self.scheduler = optimizer, scheduler
         summary = self._summary("running", counters, start_epoch - 1)
@@ -494,10 +333,9 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.on_run_start(self)
-            with _sigterm_as_interrupt():
-                last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
+            last_epoch = self._loop(policy, optimizer, scheduler, counters, start_epoch)
             status = "finished"
-        except KeyboardInterrupt as exc:  # includes TrainingKilled (SIGTERM)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the CLI's process_hooks
             status, error = "killed", f"{type(exc).__name__}: {exc}"
             raise
         except BaseException as exc:
@@ -532,7 +370,7 @@ class Trainer:
             and counters["epochs_without_improvement"] >= cfg.early_stopping_patience
         ):
             return epoch
-        epochs = _progress(
+        epochs = progress_bar(
             range(start_epoch, cfg.epochs), self.progress, "epochs", initial=start_epoch, total=cfg.epochs
         )
         for epoch in epochs:
@@ -594,8 +432,7 @@ class Trainer:
                 "epoch_time_s": epoch_time,
             }
             self.history.append(record)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(record)) + "\n")
+            append_metrics(run_dir / METRICS, record)
             stop = bool(cfg.early_stopping_patience) and (
                 counters["epochs_without_improvement"] >= cfg.early_stopping_patience
             )
@@ -637,8 +474,8 @@ class Trainer:
         policy.train()
         loss_sum, n = 0.0, 0
         logs_sum: dict[str, float] = {}
-        for batch in _progress(loader, self.progress, f"train {epoch}"):
-            features = _to_device(self.provider(batch, policy.feature_names(training=True)), self.device)
+        for batch in progress_bar(loader, self.progress, f"train {epoch}"):
+            features = to_device(self.provider(batch, policy.feature_names(training=True)), self.device)
             outputs = self._train_model(features)
             loss, logs = policy.compute_loss(outputs, batch)
             if not torch.isfinite(loss):
@@ -685,91 +522,10 @@ class Trainer:
         }
 
     def _write_summary(self, summary: Mapping[str, Any]) -> None:
-        path = self.out_dir / "summary.json"
-        tmp = path.with_name("summary.json.tmp")
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2))
-        tmp.replace(path)
+        write_summary(self.out_dir, summary)
 
 
 def _val_metrics(val: Mapping[str, Any], action_dims: Sequence[str]) -> dict[str, Any]:
-    from mobile_vla.evaluation.metrics import compute_metrics
-
     if val["n"] == 0:
         return {}
     return compute_metrics(val["predictions"], val["targets"], axis_names=tuple(action_dims))
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run directory: {path.name} is missing (train one with `mobile-vla train`)"
-        )
-    return json.loads(path.read_text())
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
-def _write_metrics(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types (numpy scalars/arrays to Python, non-finite floats to None)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def plot_loss_curve(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
-    """Train and validation loss per epoch, best epoch marked."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    # The action loss (Huber on the predicted action: what "best" follows) when the rows have it; a case with
-    # auxiliary terms (Case 4) has its whole training loss beside it, dashed.
-    action = all(r.get("train_action_loss") is not None for r in history)
-    train_key, val_key = ("train_action_loss", "val_action_loss") if action else ("train_loss", "val_loss")
-    ax.plot(epochs, [r[train_key] for r in history], marker="o", label=f"train ({train_key})")
-    val = [(r["epoch"], r[val_key]) for r in history if r.get(val_key) is not None]
-    if val:
-        ax.plot(*zip(*val, strict=True), marker="o", label=f"validation ({val_key})")
-    if action and any(abs(r["train_loss"] - r["train_action_loss"]) > 1e-9 for r in history):
-        ax.plot(epochs, [r["train_loss"] for r in history], "--", label="train (whole training loss)")
-    best = history[-1].get("best_epoch", -1)
-    if best is not None and best >= 0:
-        ax.axvline(best, color="grey", linestyle="--", label=f"best (epoch {best})")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("action loss (Huber)" if action else "loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
