@@ -30,7 +30,8 @@ def sim_run(tmp_path_factory):
 def test_the_simulator_reaches_the_same_result_through_the_server_as_in_process(sim_run):
     run_dir, config = sim_run
     policy, metadata = load_for_serving(str(run_dir), device="cpu")
-    in_process = evaluate_closed_loop(policy, episodes=4, seed=7, config=config, progress=False)
+    # One episode at a time, like the client: a batched backbone pass differs from a single one in the ulps.
+    in_process = evaluate_closed_loop(policy, episodes=4, seed=7, config=config, progress=False, lockstep=1)
     app = create_app(policy, metadata, ServerConfig(api_key="test-key"))
     with BackgroundServer(app) as server:
         client = VLAClient(server.url, api_key="test-key", timeout=30.0)
