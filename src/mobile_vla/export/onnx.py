@@ -69,19 +69,20 @@ def _quiet_torch_onnx() -> Iterator[None]:
 
 
 class _Select(nn.Module):
-    """Keep some outputs of a multi-output module (a graph computes only what the head reads)."""
+    """A module as ``forward(*inputs)``, keeping some of its outputs (a graph computes only what the head
+    reads)."""
 
-    def __init__(self, module: nn.Module, keep: Sequence[int]) -> None:
+    def __init__(self, module: nn.Module, keep: Sequence[int] | None) -> None:
         super().__init__()
         self.module = module
-        self.keep = tuple(keep)
+        self.keep = None if keep is None else tuple(keep)  # None: every output
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, *inputs: torch.Tensor) -> Any:
         outputs = self.module(*inputs)
-        return tuple(outputs[i] for i in self.keep)
+        return outputs if self.keep is None else tuple(outputs[i] for i in self.keep)
 
 
-def _export_graph(
+def export_graph(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
     path: Path,
@@ -97,6 +98,8 @@ def _export_graph(
     for name in input_names:
         axes = dynamic.get(name, {})
         shapes.append({axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()})
+    if not isinstance(module, _Select):
+        module = _Select(module, None)  # the dynamic-shape spec below is for ``forward(*inputs)``
     with warnings.catch_warnings(), _quiet_torch_onnx():
         # torch.export's deprecation chatter and "torchvision is not installed" say nothing about this model.
         warnings.simplefilter("ignore")
@@ -244,7 +247,7 @@ def export_onnx(
             say(f"vision graph ({profile}: {', '.join(vision_outputs)}) -> vision.onnx")
             spec = adapter.vision_input(backbone)
             module = _Select(adapter.vision(backbone), [VISION_OUTPUTS.index(n) for n in vision_outputs])
-            _export_graph(
+            export_graph(
                 module,
                 (adapter.example_pixels(backbone, 2),),
                 partial / "vision.onnx",
@@ -265,7 +268,7 @@ def export_onnx(
             ["Navigate around obstacles and reach the front of the beverage bottle on the left"] * 2,
             return_tensors="pt",
         )
-        _export_graph(
+        export_graph(
             text_module,
             tuple(example[name] for name in text_inputs),
             partial / "text.onnx",
@@ -286,7 +289,7 @@ def export_onnx(
         dims = {"vision": (backbone.vision_dim,), "text": (backbone.text_dim,)}
         dims["image_tokens"] = (backbone.num_image_tokens, backbone.token_dim)
         head_args = tuple(torch.zeros(2, *dims[name]) for name in features)
-        _export_graph(
+        export_graph(
             HeadGraph(policy, features),
             head_args,
             partial / "head.onnx",

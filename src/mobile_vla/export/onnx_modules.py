@@ -57,11 +57,12 @@ class MaskedMeanText(nn.Module):
 
 
 class Kosmos2Vision(nn.Module):
-    """Kosmos-2's vision tower on processor output: pooled CLS and post-LayerNorm patch tokens."""
+    """Kosmos-2's vision tower (``Kosmos2Model.vision_model``) on processor output: pooled CLS and the
+    post-LayerNorm patch tokens, as ``Kosmos2Backbone`` computes them."""
 
-    def __init__(self, backbone: Any) -> None:
+    def __init__(self, vision_model: nn.Module) -> None:
         super().__init__()
-        self.vision_model = backbone.model.vision_model
+        self.vision_model = vision_model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.vision_model(pixel_values=pixel_values)
@@ -158,20 +159,6 @@ LITE = OnnxBackboneAdapter(
     save_text_assets=_save_tokenizer,
     example_pixels=_lite_example,
 )
-
-
-# ---- kosmos2 (vision tower; what the latency benchmark exports) --------------------------------------------
-
-
-def _kosmos2_example(backbone: Any, batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    size = backbone.image_size
-    return torch.randn(batch, 3, size, size, generator=g)
-
-
-def kosmos2_vision_input(backbone: Any) -> dict[str, Any]:
-    size = backbone.image_size
-    return {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, size, size]}
 
 
 ADAPTERS: dict[str, OnnxBackboneAdapter] = {"lite": LITE}
