@@ -207,3 +207,37 @@ def test_export_and_serve_have_help(capsys):
         assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--format" in out and "--runtime" in out
+
+
+@pytest.mark.parametrize("action_space", ["continuous", "keys"])
+def test_the_head_graph_reproduces_the_head_with_its_hooks(action_space, tmp_path):
+    """The head graph carries what the module's hooks do: instruction standardisation and, for key-class
+    heads, the arg-max command (so the robot gets velocities from either runtime)."""
+    import onnxruntime as ort
+    import torch
+
+    from mobile_vla.export.onnx import export_graph
+    from mobile_vla.export.onnx_modules import HeadGraph
+
+    dims = FeatureDims(vision=48, text=40)
+    torch.manual_seed(0)
+    policy = create_policy("case1", dims, action_space=action_space, hidden_dim=16).eval()
+    policy.set_text_stats(torch.randn(40), torch.rand(40) + 0.5)
+    export_graph(
+        HeadGraph(policy, ["vision", "text"]),
+        (torch.zeros(2, 48), torch.zeros(2, 40)),
+        tmp_path / "head.onnx",
+        input_names=["vision", "text"],
+        output_names=["action"],
+        dynamic={"vision": {0: "batch"}, "text": {0: "batch"}},
+        opset=18,
+    )
+    session = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
+    vision, text = torch.randn(7, 48), torch.randn(7, 40) * 3  # another batch size than the traced one
+    with torch.no_grad():
+        expected = policy({"vision": vision, "text": text})["action"].numpy()
+    (got,) = session.run(["action"], {"vision": vision.numpy(), "text": text.numpy()})
+    assert got.shape == (7, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    if action_space == "keys":
+        assert np.all(np.isclose(np.abs(got), 0.0) | np.isclose(np.abs(got), 1.15))

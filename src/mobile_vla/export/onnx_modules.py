@@ -28,9 +28,11 @@ class LiteVision(nn.Module):
     def __init__(self, backbone: Any) -> None:
         super().__init__()
         self.net = backbone.vision
+        from mobile_vla.backbones.lite import LITE_MEAN, LITE_STD
+
         # (x/255 - mean)/std == (x - 255 mean)/(255 std): one subtraction and one division on the raw bytes.
-        self.register_buffer("mean", backbone._mean.detach().float().cpu().view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", backbone._std.detach().float().cpu().view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W)

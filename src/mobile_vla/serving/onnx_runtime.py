@@ -191,6 +191,17 @@ class OnnxPolicy:
         """One velocity command ``(A,)`` (float32)."""
         return self.act_batch([image], [instruction])[0]
 
+    def reset_slots(self, slots: Sequence[int]) -> None:
+        """``BatchControlPolicy``: single-frame heads keep no per-episode state."""
+
+    def act_slots(
+        self, images: Sequence[Any], instructions: Sequence[str], slots: Sequence[int]
+    ) -> np.ndarray:
+        """``BatchControlPolicy``: ``(B, A)`` for the episodes in ``slots``; each row reads its own frame only."""
+        if len(slots) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(slots)} slots")
+        return self.act_batch(images, instructions)
+
     def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
         start = time.perf_counter()
         with Image.open(io.BytesIO(image_bytes)) as im:
