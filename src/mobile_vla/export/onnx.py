@@ -232,6 +232,11 @@ def export_onnx(
     backbone = provider.backbone
     profile = str(record["backbone"].get("profile") or backbone.profile)
     adapter = adapter_for(profile)
+    if getattr(backbone, "dtype", "fp32") != "fp32":
+        raise ValueError(
+            f"{run_dir} was trained on {backbone.dtype} backbone features; the ONNX export is fp32 only (its "
+            "parity check is against fp32): train with --backbone-dtype fp32 to export"
+        )
     head_path = run_dir / f"{checkpoint}.safetensors"
     if not head_path.is_file():
         head_path = run_dir / "last.safetensors"
