@@ -148,6 +148,29 @@ def test_serve_runs_an_export_on_onnxruntime_with_the_same_protocol_auth_and_saf
 
 
 @SLOW
+def test_the_export_drives_the_simulator_exactly_as_the_run(exported, capsys):
+    """Closed loop: the same seeds give the same episodes, step for step, from PyTorch and onnxruntime."""
+    from mobile_vla.sim.evaluate import evaluate_closed_loop
+
+    kwargs = {"episodes": 4, "seed": 0, "max_steps": 6, "progress": False}
+    torch_result = evaluate_closed_loop(load_policy(exported / "run", device="cpu"), **kwargs)
+    onnx_result = evaluate_closed_loop(OnnxPolicy(exported / "export"), **kwargs)
+    assert [r["scenario"] for r in onnx_result["records"]] == [r["scenario"] for r in torch_result["records"]]
+    for ours, theirs in zip(onnx_result["records"], torch_result["records"], strict=True):
+        assert (ours["success"], ours["collided"], ours["steps"]) == (
+            theirs["success"],
+            theirs["collided"],
+            theirs["steps"],
+        )
+        np.testing.assert_allclose(np.asarray(ours["actions"]), np.asarray(theirs["actions"]), atol=1e-4)
+        assert ours["distance_to_goal"] == pytest.approx(theirs["distance_to_goal"], abs=1e-6)
+    assert onnx_result["success_rate"] == torch_result["success_rate"]
+    argv = ["sim", "evaluate", "--policy", str(exported / "export"), "--episodes", "1", "--max-steps", "2"]
+    assert main([*argv, "--json", "--no-track"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 1
+
+
+@SLOW
 def test_the_onnx_runtime_does_not_import_torch(exported):
     code = (
         "import sys, numpy as np\n"
