@@ -1,6 +1,7 @@
 """ONNX export of a trained run and its onnxruntime serving: parity with PyTorch, the same server contract."""
 
 import base64
+import hashlib
 import io
 import json
 import shutil
@@ -17,8 +18,8 @@ from mobile_vla.cli import main
 from mobile_vla.data.dataset import EpisodeDataset
 from mobile_vla.data.synthetic import write_synthetic_dataset
 from mobile_vla.export.onnx import check_exportable
+from mobile_vla.features.dims import FeatureDims
 from mobile_vla.policies import create_policy, load_policy
-from mobile_vla.policies.base import FeatureDims
 from mobile_vla.serving.app import ServerConfig, create_app
 from mobile_vla.serving.loading import load_for_serving
 from mobile_vla.serving.onnx_runtime import OnnxExportError, OnnxPolicy, is_onnx_export
@@ -68,7 +69,7 @@ def test_export_writes_three_graphs_with_dynamic_batch_and_a_sidecar(exported):
     assert sidecar["fingerprints"]["dataset"] == record["data"]["fingerprint"]
     head = sidecar["fingerprints"]["head_checkpoint"]
     assert head["file"] == "best.safetensors"
-    assert head["sha256"] == __import__("hashlib").sha256((run / "best.safetensors").read_bytes()).hexdigest()
+    assert head["sha256"] == hashlib.sha256((run / "best.safetensors").read_bytes()).hexdigest()
     assert sidecar["verification"]["n"] == 4 and sidecar["verification"]["max_abs_diff"] <= 1e-4
     assert (export / "tokenizer" / "tokenizer.json").is_file()
 

@@ -15,7 +15,6 @@ encoder and Case 4 a frame history: both are refused with a message that says so
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from mobile_vla.export.onnx_modules import HeadGraph, adapter_for
+from mobile_vla.utils.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ DEFAULT_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 EXPORTABLE_FEATURES = ("vision", "image_tokens", "text")
 VISION_OUTPUTS = ("vision", "image_tokens")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -206,7 +198,8 @@ def export_onnx(
     exported or an ``out_dir`` that is in the way, ``RuntimeError`` when the exported graphs disagree with
     PyTorch by more than ``tolerance``.
     """
-    from mobile_vla.policies.inference import InferencePolicy, load_run, resolve_run_dir
+    from mobile_vla.policies.inference import InferencePolicy, load_run
+    from mobile_vla.runs.uris import resolve_run_dir
     from mobile_vla.serving.safety import DEFAULT_MAX_ANGULAR, DEFAULT_MAX_LINEAR
 
     def say(message: str) -> None:
@@ -310,7 +303,7 @@ def export_onnx(
         }
         say(f"  done in {time.perf_counter() - t0:.1f} s")
         for graph in graphs.values():
-            graph["sha256"] = file_sha256(partial / graph["file"])
+            graph["sha256"] = sha256_file(partial / graph["file"])
 
         action_dims = list(record["action_dims"])
         data = record.get("data") or {}
@@ -341,10 +334,10 @@ def export_onnx(
             },
             "fingerprints": {
                 "backbone": backbone.fingerprint_hash,
-                "head_checkpoint": {"file": head_path.name, "sha256": file_sha256(head_path)},
+                "head_checkpoint": {"file": head_path.name, "sha256": sha256_file(head_path)},
                 "dataset": data.get("fingerprint"),
                 "provenance": data.get("provenance"),
-                "run_config_sha256": file_sha256(run_dir / "config.json"),
+                "run_config_sha256": sha256_file(run_dir / "config.json"),
                 "graphs": {name: g["sha256"] for name, g in graphs.items()},
             },
             "source_run": {

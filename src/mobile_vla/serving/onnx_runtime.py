@@ -13,7 +13,6 @@ onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT providers ``providers=`` se
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from mobile_vla.utils.files import sha256_file
 
 FORMAT = "mobile-vla-onnx"
 SIDECAR = "model.json"
@@ -89,14 +90,6 @@ def read_sidecar(directory: str | Path) -> dict[str, Any]:
     return sidecar
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resize_frame(image: Any, spec: dict[str, Any]) -> np.ndarray:
     """A frame (uint8 ``[H, W, 3]`` RGB array or PIL image) -> uint8 ``[h, w, 3]`` as the spec says."""
     if spec.get("kind") != "resize_uint8_nhwc":
@@ -155,7 +148,7 @@ class OnnxPolicy:
                 raise FileNotFoundError(
                     f"{self.directory / SIDECAR}: graphs.{name}.file {path.name!r} is missing"
                 )
-            if verify_files and graph.get("sha256") and _sha256(path) != graph["sha256"]:
+            if verify_files and graph.get("sha256") and sha256_file(path) != graph["sha256"]:
                 raise OnnxExportError(
                     f"{path} does not match graphs.{name}.sha256 in {SIDECAR}: the file was changed or truncated"
                 )
