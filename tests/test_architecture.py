@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"training", "evaluation"},
     {"registry"},
     {"sim", "serving"},
-    {"demo"},
+    {"demo", "export"},
     {"commands"},
     {"cli"},
 ]

@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     )
     synth.set_defaults(func=_synth)
 
+    from mobile_vla.commands._data_lerobot import register_export_lerobot
+
+    register_export_lerobot(sub)
+
 
 def _validate(args: argparse.Namespace) -> int:
     from mobile_vla.data.validation import find_episode_files, validate_episode

@@ -22,6 +22,7 @@ examples:
   mobile-vla serve runs/case1 --host 0.0.0.0 --port 8000
   mobile-vla serve models:/case1@production --api-key-file ~/.vla_key --max-linear 0.8
   mobile-vla serve runs/case1 --insecure-no-auth          # local experiments only: 127.0.0.1, no key
+  mobile-vla serve exports/case1-onnx --runtime onnx      # an ONNX export on onnxruntime (no torch)
 
   curl -s http://HOST:8000/health
   curl -s -H "X-API-Key: $VLA_API_KEY" http://HOST:8000/model/info
@@ -52,7 +53,11 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("target", metavar="RUN_DIR|models:/NAME@ALIAS", help="run directory or registry address")
+    p.add_argument(
+        "target",
+        metavar="RUN_DIR|models:/NAME@ALIAS|EXPORT_DIR",
+        help="run directory, registry address, or an ONNX export (`mobile-vla export`)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key-file", help="file whose first line is the API key (default: $VLA_API_KEY)")
@@ -62,6 +67,12 @@ def register(subparsers) -> None:
         help="serve without an API key; only allowed on a loopback address",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="torch (a run) or onnx (an export, on onnxruntime); auto picks onnx for an export directory",
+    )
     g = p.add_argument_group("safety")
     g.add_argument(
         "--max-linear",
@@ -161,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mobile_vla.serving.server import run_server
 
     try:
-        policy, metadata = load_for_serving(args.target, device=args.device)
+        policy, metadata = load_for_serving(args.target, device=args.device, runtime=args.runtime)
         app = create_app(policy, metadata, config)
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as exc:
         print(f"error: cannot serve {args.target}: {exc}", file=sys.stderr)

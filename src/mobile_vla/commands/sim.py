@@ -90,8 +90,8 @@ def register(subparsers) -> None:
     evaluate.add_argument(
         "--policy",
         required=True,
-        help="'expert', 'random', a training run directory, or a server URL (http://HOST:PORT; API key from "
-        "$VLA_API_KEY)",
+        help="'expert', 'random', a training run directory, an ONNX export (`mobile-vla export`, run on "
+        "onnxruntime), or a server URL (http://HOST:PORT; API key from $VLA_API_KEY)",
     )
     evaluate.add_argument("--episodes", type=int, default=48, help="number of episodes (default 48)")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -154,6 +154,10 @@ def load_control_policy(spec: str, device: str = "auto"):
         spec = str(resolve_run_dir(spec))
     if not os.path.isdir(spec):
         raise ValueError(f"--policy {spec!r}: not 'expert', 'random', a run directory or an http(s):// URL")
+    from mobile_vla.serving.onnx_runtime import OnnxPolicy, is_onnx_export
+
+    if is_onnx_export(spec):  # `mobile-vla export` output: the onnxruntime policy the robot would run
+        return OnnxPolicy(spec)
     try:
         from mobile_vla.policies import load_policy
     except ImportError as exc:
@@ -201,7 +205,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             from mobile_vla.policies.inference import resolve_run_dir
 
             args.policy = str(resolve_run_dir(args.policy))
-        run_dir = args.policy
+        from mobile_vla.serving.onnx_runtime import is_onnx_export
+
+        run_dir = None if is_onnx_export(args.policy) else args.policy  # an export is not a registry run
     try:
         policy = (
             args.policy if args.policy in BUILTIN_POLICIES else load_control_policy(args.policy, args.device)

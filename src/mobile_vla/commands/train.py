@@ -79,7 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--case", default=None, help="case name or alias (default case1; see `mobile-vla describe --list`)"
     )
-    parser.add_argument("--data", default=None, help="episode directory (searched recursively for *.h5)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="episode directory (searched recursively for *.h5) or a LeRobot v3 dataset directory",
+    )
     parser.add_argument(
         "--backbone", default=None, help="backbone profile: lite (default), kosmos2, kosmos2-tiny"
     )

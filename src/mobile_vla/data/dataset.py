@@ -26,13 +26,22 @@ def load_episodes(
     source: str | Path | Sequence[str | Path], strict: bool = False, include_sessions: bool = False
 ) -> tuple[list[Episode], list[tuple[str, str]]]:
     """Open every episode in `source` (a directory, searched recursively, or a list of files), whatever its
-    layout (v3, v5, v6: detected from each file's keys).
+    layout (v3, v5, v6: detected from each file's keys). A LeRobot v3 dataset directory (`meta/info.json`)
+    is read by `mobile_vla.data.lerobot`.
 
     A file that fails validation is skipped with a logged error naming it (or raises when `strict`); returns
     the episodes and the `(path, reason)` of each skipped file. Inference-session logs (`session` layout: the
     actions are a model's commands, not a demonstration) are evaluation data: left out with a reason unless
     `include_sessions`.
     """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        from mobile_vla.data import lerobot
+
+        # A LeRobot v3 dataset directory (meta/info.json; a missing info.json is named as such).
+        if lerobot.is_lerobot_dir(source) or (
+            lerobot.looks_like_lerobot_dir(source) and not find_episode_files(source)
+        ):
+            return list(lerobot.read_lerobot_episodes(source)), []
     if isinstance(source, (str, Path)):
         paths = find_episode_files(source)
         if not paths:

@@ -398,7 +398,9 @@ def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
             "They are shown so the pipeline can be checked, never ranked."
         )
         rows = []
-        for run, reason in ranking.separate:
+        # By case and name, not store order: runs started in the same second (two concurrent trainings)
+        # would otherwise come in whichever order they reached the store.
+        for run, reason in sorted(ranking.separate, key=lambda item: (item[0].case, item[0].name)):
             result, closed = run.evaluation(ranking.split), run.closed_loop()
             rows.append(
                 [

@@ -93,8 +93,28 @@ def model_metadata(run_dir: Path, policy, model_name: str, uri: str | None = Non
     return metadata
 
 
-def load_for_serving(target: str, device: str = "auto") -> tuple[Any, dict[str, Any]]:
-    """Load what ``serve`` serves. Raises ``FileNotFoundError``/``RuntimeError`` with a message to act on."""
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def load_for_serving(target: str, device: str = "auto", runtime: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """Load what ``serve`` serves. Raises ``FileNotFoundError``/``RuntimeError`` with a message to act on.
+
+    ``runtime``: ``torch`` (a run), ``onnx`` (an export, ``serving.onnx_runtime``) or ``auto`` (onnx when
+    ``target`` is an export directory).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    from mobile_vla.serving.onnx_runtime import is_onnx_export
+
+    if runtime == "onnx" or (runtime == "auto" and is_onnx_export(target)):
+        from mobile_vla.serving.onnx_runtime import load_onnx_for_serving
+
+        if runtime == "onnx" and (Path(target) / "config.json").is_file() and not is_onnx_export(target):
+            raise ValueError(
+                f"{target} is a run directory, not an ONNX export; export it first with "
+                f"`mobile-vla export {target} --format onnx --out DIR` and serve DIR"
+            )
+        return load_onnx_for_serving(target)
     run_dir, model_name, uri = resolve_target(target)
     try:
         from mobile_vla.policies import load_policy

@@ -1,0 +1,213 @@
+"""Per-step latency of the PyTorch runtime vs onnxruntime on this CPU, for an exported run and a vision tower.
+
+    python benchmarks/onnx_runtime.py [--repeats 20] [--kosmos2-repeats 5] [--threads 1 2] [--skip-kosmos2]
+
+- `lite`: a Case 1 run on the `lite` backbone (trained for one epoch on synthetic episodes: timing, not
+  accuracy), exported with `export_onnx`. One control step is `act(frame, instruction)` on a 720x1280 uint8
+  frame with the lab's instruction (its text feature cached after the first step), through
+  `InferencePolicy` (torch) and `OnnxPolicy` (onnxruntime, CPUExecutionProvider); also the vision graph alone
+  vs the torch vision forward on the same resized pixels. Each runtime is timed in its own blocks (two
+  rounds), not step by step: see `blocks`.
+- `kosmos2-vision`: the full-size Kosmos-2 vision tower (ViT-L/14 at 224 px, 303 M parameters, RANDOM
+  weights built locally from `Kosmos2Config()`: timing only), torch forward vs the same module exported to
+  ONNX, on one preprocessed 224x224 frame.
+
+Both runtimes get the same number of threads, for each of `--threads` (default 1 and 2): on a shared 2-core
+machine torch's 2-thread steps suffer far more from other processes than onnxruntime's, so both are kept. Writes benchmarks/results/onnx_runtime.json:
+per entry the median and 2.5-97.5 percentile range of each runtime (ms, with n), the ratio torch/onnx of the
+medians, and the max |difference| of the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import machine, summary, write_result
+
+
+def blocks(torch_fn, onnx_fn, repeats: int, rounds: int = 2, warmup: int = 2) -> dict[str, Any]:
+    """Each runtime in its own blocks (torch, onnx, torch, onnx, ...), warmed up at the start of every block.
+
+    Not step-by-step alternation: onnxruntime's worker threads spin for a while after each run (its
+    default), which on a 2-core machine would slow the torch step that follows and inflate the ratio."""
+    times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+    per_block = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in (("torch", torch_fn), ("onnxruntime", onnx_fn)):
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    t, o = summary(times["torch"]), summary(times["onnxruntime"])
+    return {
+        "torch": t,
+        "onnxruntime": o,
+        "ratio_torch_over_onnx": round(t["median_ms"] / o["median_ms"], 3),
+        "method": f"{rounds} rounds of {per_block} timed steps per runtime, {warmup} warm-up steps per block",
+    }
+
+
+def bench_lite(repeats: int, threads: list[int], work: Path) -> dict[str, Any]:
+    from mobile_vla.data.episodes import instruction_for_side
+    from mobile_vla.data.synthetic import write_synthetic_dataset
+    from mobile_vla.export.onnx import export_onnx
+    from mobile_vla.policies import load_policy
+    from mobile_vla.serving.onnx_runtime import OnnxPolicy, resize_frame
+    from mobile_vla.training.config import resolve_train_config
+    from mobile_vla.training.trainer import Trainer
+
+    write_synthetic_dataset(work / "episodes", episodes=8, seed=0, image_size=(48, 64))
+    config = resolve_train_config(
+        "case1", overrides={"epochs": 1, "batch_size": 4, "backbone": "lite", "device": "cpu"}
+    )
+    Trainer(config, work / "episodes", work / "run", progress=False).fit()
+    t0 = time.perf_counter()
+    sidecar = export_onnx(work / "run", work / "export", verify_frames=8, progress=False)
+    export_s = time.perf_counter() - t0
+    torch_policy = load_policy(work / "run", device="cpu")
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    text = instruction_for_side("left")
+    from mobile_vla.export.onnx_modules import LiteVision
+
+    vision = LiteVision(torch_policy.provider.backbone).eval()
+    pixels = resize_frame(frame, sidecar["preprocessing"]["image"])[None].copy()  # (1, 224, 224, 3)
+    x = torch.from_numpy(pixels)
+    by_threads = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        onnx_policy = OnnxPolicy(work / "export", threads=n)
+        session = onnx_policy.sessions["vision"]
+
+        def torch_vision() -> None:
+            with torch.no_grad():
+                vision(x)
+
+        by_threads[str(n)] = {
+            "step": blocks(
+                lambda: torch_policy.act(frame, text), lambda p=onnx_policy: p.act(frame, text), repeats
+            ),
+            "vision_graph_only": blocks(
+                torch_vision, lambda s=session: s.run(None, {"pixels": pixels}), repeats
+            ),
+            "max_abs_action_diff": float(
+                np.abs(torch_policy.act(frame, text) - onnx_policy.act(frame, text)).max()
+            ),
+        }
+        print(f"lite, {n} thread(s):", by_threads[str(n)]["step"])
+        del onnx_policy, session
+        gc.collect()
+    return {
+        "what": "act(720x1280 frame, instruction): resize + vision + cached text + Case 1 head",
+        "threads": by_threads,
+        "export_s": round(export_s, 1),
+        "export_verification": sidecar.get("verification"),
+        "graph_mb": {
+            name: round((work / "export" / g["file"]).stat().st_size / 2**20, 1)
+            for name, g in sidecar["graphs"].items()
+        },
+    }
+
+
+def bench_kosmos2_vision(repeats: int, threads: list[int], work: Path) -> dict[str, Any]:
+    import onnxruntime as ort
+    from transformers import Kosmos2Config
+    from transformers.models.kosmos2.modeling_kosmos2 import Kosmos2VisionModel
+
+    from mobile_vla.export.onnx import export_graph
+    from mobile_vla.export.onnx_modules import Kosmos2Vision
+
+    torch.manual_seed(0)
+    tower = Kosmos2VisionModel(Kosmos2Config().vision_config).eval()
+    module = Kosmos2Vision(tower).eval()
+    params = sum(p.numel() for p in tower.parameters())
+    x = torch.randn(1, 3, 224, 224)
+    t0 = time.perf_counter()
+    export_graph(
+        module,
+        (torch.randn(2, 3, 224, 224),),
+        work / "kosmos2_vision.onnx",
+        input_names=["pixel_values"],
+        output_names=["vision", "image_tokens"],
+        dynamic={"pixel_values": {0: "batch"}},
+        opset=18,
+    )
+    export_s = time.perf_counter() - t0
+    by_threads = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n
+        session = ort.InferenceSession(
+            str(work / "kosmos2_vision.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+
+        def torch_fn() -> None:
+            with torch.no_grad():
+                module(x)
+
+        by_threads[str(n)] = blocks(
+            torch_fn, lambda s=session: s.run(None, {"pixel_values": x.numpy()}), repeats, rounds=1, warmup=1
+        )
+        print(f"kosmos2-vision, {n} thread(s):", by_threads[str(n)])
+    with torch.no_grad():
+        ref = module(x)
+    got = session.run(None, {"pixel_values": x.numpy()})
+    return {
+        "what": "full-size Kosmos-2 vision tower (ViT-L/14, 224 px), RANDOM weights, 1 frame",
+        "parameters": params,
+        "threads": by_threads,
+        "max_abs_diff": {
+            "vision": float(np.abs(ref[0].numpy() - got[0]).max()),
+            "image_tokens": float(np.abs(ref[1].numpy() - got[1]).max()),
+        },
+        "export_s": round(export_s, 1),
+        "graph_mb": round((work / "kosmos2_vision.onnx").stat().st_size / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="timed steps per runtime for lite (default 20)"
+    )
+    parser.add_argument(
+        "--kosmos2-repeats", type=int, default=5, help="timed steps per runtime for Kosmos-2 (default 5)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="thread counts, the same for both runtimes (default 1 2)",
+    )
+    parser.add_argument("--skip-kosmos2", action="store_true", help="lite only")
+    args = parser.parse_args()
+    payload: dict[str, Any] = {"machine": machine(), "threads": args.threads, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="onnx-bench-") as tmp:
+        work = Path(tmp)
+        payload["results"]["lite"] = bench_lite(args.repeats, args.threads, work)
+        gc.collect()
+        if not args.skip_kosmos2:
+            payload["results"]["kosmos2-vision"] = bench_kosmos2_vision(
+                args.kosmos2_repeats, args.threads, work
+            )
+    payload["not_measured"] = {
+        "fp16_int8": "no fp16 or int8 variant is offered by the export (fp32 only), so none is reported",
+        "tensorrt": "TensorRT (trtexec on a Jetson) was not run: no Jetson or NVIDIA GPU here",
+    }
+    write_result("onnx_runtime.json", payload)
+
+
+if __name__ == "__main__":
+    main()
