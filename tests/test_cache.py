@@ -237,7 +237,7 @@ def test_a_changed_backbone_invalidates_its_entries(episodes_dir, cache):
     assert other.image_items == len(dataset)
     images = [dataset[i]["image"] for i in range(len(dataset))]
     torch.testing.assert_close(vision, other.encode_images(images[: len(vision)]))
-    assert sorted(r["fingerprint_hash"] for r in cache.backbones()) == ["aaaa1111", "bbbb2222"]
+    assert sorted(r["backbone_fingerprint_hash"] for r in cache.backbones()) == ["aaaa1111", "bbbb2222"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_payload_byte", "entry_of_another_key", "empty"])
@@ -247,14 +247,14 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     episode_hash = "ab" * 32
     refs = [FrameRef(StubEpisode(episode_hash), f) for f in (0, 1)]
     good = cached.image_features(refs)["vision"]
-    path = cache.entry_path(backbone.fingerprint_hash, "vision", frame_key(episode_hash, 0))
+    path = cache.entry_path(cached.namespace, "vision", frame_key(episode_hash, 0))
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[:-7])
     elif damage == "flip_payload_byte":
         path.write_bytes(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
     elif damage == "entry_of_another_key":
-        other = cache.entry_path(backbone.fingerprint_hash, "vision", frame_key(episode_hash, 1))
+        other = cache.entry_path(cached.namespace, "vision", frame_key(episode_hash, 1))
         path.write_bytes(other.read_bytes())
     else:
         path.write_bytes(b"")
@@ -264,7 +264,7 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     again = CachedBackbone(backbone, reader).image_features(refs[:1])["vision"]
     assert reader.stats.corrupt == 1 and backbone.total_calls == calls + 1
     torch.testing.assert_close(again[0], good[0])
-    decode_entry(path.read_bytes(), backbone=backbone.fingerprint_hash, kind="vision", key=refs[0].key)
+    decode_entry(path.read_bytes(), backbone=cached.namespace, kind="vision", key=refs[0].key)
 
 
 def _run(code: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -368,9 +368,12 @@ def test_clear_by_profile_or_hash_prefix(cache):
     for digest in ("1111aaaa", "2222bbbb"):
         backbone = CountingBackbone(digest)
         CachedBackbone(backbone, cache).text_features(["go"])
-    assert cache.clear("2222") == ["2222bbbb"]
-    assert [r["fingerprint_hash"] for r in cache.backbones()] == ["1111aaaa"]
-    assert cache.clear("fake") == ["1111aaaa"] and cache.backbones() == []
+    namespaces = {r["backbone_fingerprint_hash"]: r["fingerprint_hash"] for r in cache.backbones()}
+    assert cache.clear("2222") == [namespaces["2222bbbb"]]  # by the backbone's fingerprint hash
+    assert [r["backbone_fingerprint_hash"] for r in cache.backbones()] == ["1111aaaa"]
+    assert cache.clear(namespaces["1111aaaa"][:6]) == [namespaces["1111aaaa"]]  # by the namespace
+    CachedBackbone(CountingBackbone("1111aaaa"), cache).text_features(["go"])
+    assert cache.clear("fake") == [namespaces["1111aaaa"]] and cache.backbones() == []
 
 
 def test_memory_copy_is_bounded(cache, tmp_path):
