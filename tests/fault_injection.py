@@ -18,6 +18,8 @@ details read ``RUN/...`` for the run directory and ``CACHE/...`` for ``$MOBILE_V
 and steps are killed right after / right before they happen. ``MOBILE_VLA_FAULT_LOG=FILE`` appends one line
 per event (``N LABEL DETAIL``), so a test can enumerate the instants of an uninterrupted run and pick some.
 
+Under torchrun, ``MOBILE_VLA_FAULT_RANK=R`` arms the fault in rank R only, and only rank 0 writes the log.
+
 A kill here is the real thing (``os.kill(os.getpid(), SIGKILL)``): no handler, no ``finally``, no flush.
 """
 
@@ -130,6 +132,12 @@ def _install(faults: _Faults) -> None:
 
     trainer.open = trainer_open
 
+    # MOBILE_VLA_DRAW_LOG=FILE: each rank appends the (episode, frame) items of every training batch to
+    # FILE.rank<RANK>, one JSON line per step: [epoch, step, [[episode_id, frame_index], ...]]
+    draw_log = os.environ.get("MOBILE_VLA_DRAW_LOG")
+    if draw_log:
+        _log_draws(trainer, f"{draw_log}.rank{os.environ.get('RANK', '0')}")
+
     # replace: every rename (killed right after it happened)
     original_replace = os.replace
 
@@ -139,6 +147,36 @@ def _install(faults: _Faults) -> None:
             faults.die()
 
     os.replace = replace
+
+
+def _log_draws(trainer, path: str) -> None:
+    import json
+
+    original = trainer.make_loader
+
+    def make_loader(dataset, batch_size, *, shuffle, seed, epoch, **kwargs):
+        loader = original(dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, **kwargs)
+        if not shuffle:  # validation / prediction
+            return loader
+
+        class Logged:
+            def __iter__(self):
+                with open(path, "a") as log:
+                    for step, batch in enumerate(loader):
+                        items = [
+                            [e, int(f)]
+                            for e, f in zip(batch["episode_id"], batch["frame_index"], strict=True)
+                        ]
+                        log.write(json.dumps([epoch, step, items]) + "\n")
+                        log.flush()
+                        yield batch
+
+            def __len__(self):
+                return len(loader)
+
+        return Logged()
+
+    trainer.make_loader = make_loader
 
 
 class _CutAppend:
@@ -181,7 +219,12 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(1)
     _register_fake_backbone()
-    faults = _Faults(os.environ.get("MOBILE_VLA_FAULT", ""), os.environ.get("MOBILE_VLA_FAULT_LOG"))
+    # Under torchrun, MOBILE_VLA_FAULT_RANK=R arms the fault in rank R only (the other ranks just count).
+    rank = os.environ.get("MOBILE_VLA_FAULT_RANK")
+    armed = rank is None or rank == os.environ.get("RANK", "0")
+    spec = os.environ.get("MOBILE_VLA_FAULT", "") if armed else ""
+    log = os.environ.get("MOBILE_VLA_FAULT_LOG") if os.environ.get("RANK", "0") == "0" else None
+    faults = _Faults(spec, log)
     if "--out" in argv:
         faults.prefixes.append((os.path.abspath(argv[argv.index("--out") + 1]), "RUN"))
     if os.environ.get("MOBILE_VLA_CACHE"):

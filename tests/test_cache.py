@@ -267,6 +267,37 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     decode_entry(path.read_bytes(), backbone=cached.namespace, kind="vision", key=refs[0].key)
 
 
+def test_a_batch_cut_short_while_storing_is_computed_again_whole(cache, monkeypatch):
+    """Entries of a batch whose writer died before the last of them are not served: the whole batch is computed
+    again in one call, so its features are those of the same batch composition, bit for bit."""
+    backbone = CountingBackbone()
+    refs = [FrameRef(StubEpisode("ef" * 32), f) for f in range(4)]
+    writer = CachedBackbone(backbone, cache, keep_tokens=False)
+    original, stored = FeatureCache.store, []
+
+    def dies_after_two(self, *args, **kwargs):
+        if len(stored) == 2:
+            raise KeyboardInterrupt("killed while storing the batch")
+        stored.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "store", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        writer.image_features(refs)
+    monkeypatch.undo()
+    assert len(stored) == 2  # two entries of the batch are on disk
+
+    reader = FeatureCache(cache.root, memory_bytes=0)
+    calls, items = backbone.total_calls, backbone.image_items
+    again = CachedBackbone(backbone, reader, keep_tokens=False).image_features(refs)["vision"]
+    assert reader.stats.uncommitted == 2 and reader.stats.disk_hits == 0
+    assert backbone.total_calls == calls + 1 and backbone.image_items == items + 4  # one call, whole batch
+    torch.testing.assert_close(again, backbone.encode_images([r.load_image() for r in refs]), rtol=0, atol=0)
+    later = FeatureCache(cache.root, memory_bytes=0)  # now committed: served from disk
+    CachedBackbone(backbone, later, keep_tokens=False).image_features(refs)
+    assert later.stats.disk_hits == 4 and later.stats.uncommitted == 0
+
+
 def _run(code: str, *args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, **kwargs)

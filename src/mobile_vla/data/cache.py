@@ -24,6 +24,7 @@ them, and two processes filling one file lose each other's frames; per-entry fil
     ROOT/{namespace}/backbone.json                    the backbone's fingerprint + the namespace record
     ROOT/{namespace}/{kind}/{content hash}/{frame:05d}.safetensors
     ROOT/{namespace}/{kind}/text/{sha256}.safetensors
+    ROOT/{namespace}/.groups/{group id}                 empty: "every entry of this group is written"
 
 Safety:
 - A write goes to a unique temporary file in the entry's directory, is fsynced, then `os.replace`d onto the
@@ -33,10 +34,17 @@ Safety:
   check (a disk error, a copy cut short, a file from elsewhere) is counted as corrupt and recomputed.
 - Two processes computing the same entry both write whole files; the last rename wins and both are valid,
   so no lock is needed (the DDP ranks of one run share a cache this way).
+- The entries computed by one backbone call form a *group*, committed by a marker file
+  (`ROOT/{namespace}/.groups/{id}`) written after the last of them. An entry of an uncommitted group (its
+  writer died half-way through storing the batch) is not served: the whole batch is computed again, in the
+  same composition. A batched forward's floating-point sums depend on what else is in the batch, so a
+  partial batch recomputed alone would give features a few ulps off those an uninterrupted run computed,
+  and a resumed run would no longer end bit-identical to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import inspect
@@ -48,7 +56,7 @@ import struct
 import types
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +75,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "mobile_vla.feature/1"
 ENTRY_SUFFIX = ".safetensors"
 TEXT_GROUP = "text"
+GROUPS_DIR = ".groups"  # commit markers of the entry groups (see "Safety" above)
 
 # Feature kinds a backbone computes itself, and the `Backbone` method that computes each
 # (see docs/CONTRACTS.md). Other kinds (Case 2's `clip_image`, ...) are cached through `get_or_compute`
@@ -242,6 +251,7 @@ class CacheStats:
         disk_hits: read from an entry file.
         misses: distinct features that had to be computed.
         corrupt: entry files that failed their checks and were recomputed.
+        uncommitted: entry files of a group whose writer died before committing it (recomputed).
         backbone_calls: encoder invocations made by the cache (one per batch of misses and kind group).
         backbone_items: inputs passed to those invocations.
         writes: entry files written.
@@ -253,6 +263,7 @@ class CacheStats:
     disk_hits: int = 0
     misses: int = 0
     corrupt: int = 0
+    uncommitted: int = 0
     backbone_calls: int = 0
     backbone_items: int = 0
     writes: int = 0
@@ -269,8 +280,11 @@ class CorruptEntryError(ValueError):
     """An entry file that is not a whole, matching entry (never returned; the feature is recomputed)."""
 
 
-def encode_entry(feature: torch.Tensor, *, backbone: str, kind: str, key: str) -> bytes:
-    """The bytes of one entry file: a safetensors file whose header names the entry and checksums it."""
+def encode_entry(
+    feature: torch.Tensor, *, backbone: str, kind: str, key: str, group: str | None = None
+) -> bytes:
+    """The bytes of one entry file: a safetensors file whose header names the entry (and its group, when it was
+    computed with others) and checksums it."""
     feature = feature.detach().to("cpu").contiguous()
     payload = feature.reshape(-1).view(torch.uint8).numpy().tobytes()  # the exact bytes safetensors stores
     metadata = {
@@ -281,7 +295,18 @@ def encode_entry(feature: torch.Tensor, *, backbone: str, kind: str, key: str) -
         "nbytes": str(len(payload)),
         "crc32": str(zlib.crc32(payload)),
     }
+    if group is not None:
+        metadata["group"] = group
     return save_safetensors({"feature": feature}, metadata=metadata)
+
+
+def entry_group(data: bytes) -> str | None:
+    """The group recorded in an entry's header (None for an entry stored on its own or unreadable)."""
+    try:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8 : 8 + header_len])["__metadata__"].get("group")
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
 
 
 def decode_entry(data: bytes, *, backbone: str, kind: str, key: str, source: str = "entry") -> torch.Tensor:
@@ -347,6 +372,8 @@ class FeatureCache:
         self._memory: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
         self._memory_used = 0
         self._described: set[str] = set()
+        self._group: str | None = None  # the group being stored by `get_or_compute`
+        self._committed: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
@@ -390,6 +417,10 @@ class FeatureCache:
             self.stats.corrupt += 1
             logger.warning("corrupt feature cache entry, recomputing it: %s", exc)
             return None
+        group = entry_group(data)
+        if group is not None and group != self._group and not self._is_committed(backbone, group):
+            self.stats.uncommitted += 1  # its batch was cut short by a crash: computed again, whole
+            return None
         self.stats.disk_hits += 1
         self._remember(mem_key, feature)
         return feature
@@ -397,10 +428,37 @@ class FeatureCache:
     def store(self, backbone: str, kind: str, key: str, feature: torch.Tensor) -> None:
         """Write one entry atomically and keep it in memory."""
         feature = feature.detach().to("cpu").contiguous().clone()
-        data = encode_entry(feature, backbone=backbone, kind=kind, key=key)
+        data = encode_entry(feature, backbone=backbone, kind=kind, key=key, group=self._group)
         atomic_write_bytes(self.entry_path(backbone, kind, key), data, durable=self.durable)
         self.stats.writes += 1
         self._remember((backbone, kind, key), feature)
+
+    def _group_path(self, backbone: str, group: str) -> Path:
+        _check_name("group", group)
+        return self.root / backbone / GROUPS_DIR / group
+
+    def _is_committed(self, backbone: str, group: str) -> bool:
+        if (backbone, group) in self._committed:
+            return True
+        try:
+            committed = self._group_path(backbone, group).exists()
+        except ValueError:  # a malformed group name in a header
+            return False
+        if committed:
+            self._committed.add((backbone, group))
+        return committed
+
+    @contextlib.contextmanager
+    def _storing_group(self, backbone: str) -> Iterator[str]:
+        """Entries stored inside are one group, committed (marker written) only when the block completes."""
+        group = uuid.uuid4().hex
+        self._group = group
+        try:
+            yield group
+            atomic_write_bytes(self._group_path(backbone, group), b"", durable=self.durable)
+            self._committed.add((backbone, group))
+        finally:
+            self._group = None
 
     def _remember(self, mem_key: tuple[str, str, str], feature: torch.Tensor) -> None:
         size = feature.numel() * feature.element_size()
@@ -452,21 +510,25 @@ class FeatureCache:
             if absent:
                 missing_by_set.setdefault(tuple(absent), []).append(key)
         for missing_kinds, missing_keys in missing_by_set.items():
-            computed = compute(list(missing_keys), missing_kinds)
-            self.stats.backbone_calls += 1
-            self.stats.backbone_items += len(missing_keys)
-            for kind in missing_kinds:
-                if kind not in computed:
-                    raise KeyError(f"compute() returned {sorted(computed)} but kind {kind!r} was asked for")
-                rows = computed[kind]
-                if rows.shape[0] != len(missing_keys):
-                    raise ValueError(
-                        f"compute() returned {rows.shape[0]} rows of {kind!r} for {len(missing_keys)} keys"
-                    )
-                for key, row in zip(missing_keys, rows, strict=True):
-                    self.store(backbone, kind, key, row)
-                    found[(kind, key)] = self._memory.get((backbone, kind, key), row.detach().cpu())
-                    self.stats.misses += 1
+            # One call's entries are one group (also what `compute` stores itself, e.g. the other image kind).
+            with self._storing_group(backbone):
+                computed = compute(list(missing_keys), missing_kinds)
+                self.stats.backbone_calls += 1
+                self.stats.backbone_items += len(missing_keys)
+                for kind in missing_kinds:
+                    if kind not in computed:
+                        raise KeyError(
+                            f"compute() returned {sorted(computed)} but kind {kind!r} was asked for"
+                        )
+                    rows = computed[kind]
+                    if rows.shape[0] != len(missing_keys):
+                        raise ValueError(
+                            f"compute() returned {rows.shape[0]} rows of {kind!r} for {len(missing_keys)} keys"
+                        )
+                    for key, row in zip(missing_keys, rows, strict=True):
+                        self.store(backbone, kind, key, row)
+                        found[(kind, key)] = self._memory.get((backbone, kind, key), row.detach().cpu())
+                        self.stats.misses += 1
         self.stats.requests += len(keys) * len(kinds)
         self.stats.hits += len(keys) * len(kinds) - sum(len(k) * len(s) for s, k in missing_by_set.items())
         return {kind: torch.stack([found[(kind, key)] for key in keys]).to(device or "cpu") for kind in kinds}
@@ -508,7 +570,9 @@ class FeatureCache:
         for record in self.backbones():
             kinds = {}
             for kind_dir in sorted(
-                p for p in (self.root / record["fingerprint_hash"]).iterdir() if p.is_dir()
+                p
+                for p in (self.root / record["fingerprint_hash"]).iterdir()
+                if p.is_dir() and not p.name.startswith(".")  # not the group markers
             ):
                 entries = size = tmp = 0
                 groups = set()
