@@ -278,24 +278,24 @@ def test_random_sigkills_in_a_row_then_resume_to_the_same_weights(case, episodes
     again.finish()
     assert_same_run(again.out, reference, "two uninterrupted runs")
     wall = again.attempts[-1]["wall_s"]
-    plans = {
-        # kills at random instants of the run's own event log (writes cut half-way, renames, steps, batches);
-        # the first always lands (a fresh start has the reference's events), later ones may come too late
-        "events": [("event", f"any:{rng.randint(1, len(events))}") for _ in range(5)],
-        # kills at random times, from outside, with no say in where the process is
-        "times": [("time", rng.uniform(0.2, 0.8) * wall) for _ in range(4)],
-    }
+    # Each kill is a uniform draw u in [0, 1) placed in what is left of the run (by the epochs completed):
+    # "events" kills at that point of the run's own event log (writes cut half-way, renames, steps, batches),
+    # "times" at that point in time, from outside, with no say in where the process is.
+    plans = {"events": [rng.random() for _ in range(5)], "times": [rng.random() for _ in range(4)]}
     kills = {}
     for name, plan in plans.items():
         _cold_cache(tmp_path / "cache")
         training = Training(case, episodes, tmp_path / f"killed-{name}", tmp_path / "cache", epochs)
         context = f"seed {seed} (MOBILE_VLA_FAULT_SEED={seed} to replay), plan {name}: "
         try:
-            for kind, value in plan:
-                if kind == "event":
-                    training.run(fault=value)
+            for u in plan:
+                summary = training.out / "summary.json"
+                done = json.loads(summary.read_text())["epochs_completed"] if summary.exists() else 0
+                left = (epochs - done) / epochs
+                if name == "events":
+                    training.run(fault=f"any:{1 + int(u * left * len(events))}")
                 else:
-                    training.run(kill_after_s=value)
+                    training.run(kill_after_s=1.0 + u * left * wall)
                 if (training.out / "summary.json").exists() and json.loads(
                     (training.out / "summary.json").read_text()
                 )["status"] == "finished":
