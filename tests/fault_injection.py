@@ -7,7 +7,8 @@ counted as an *event*:
     step        entering ``optimizer.step`` (a training step in progress)
     batch       a batch's features reaching the head (``train`` or ``val``: mid-epoch, mid-validation)
     save_file   a safetensors file written by the checkpoint code (resume state, best/last head)
-    write_text  a ``Path.write_text`` (config.json, state.json, summary.json, metrics.jsonl, CURRENT, ...)
+    write       a file's content written: ``Path.write_text`` or ``utils.files.atomic_write_bytes``
+                (config.json, state.json, summary.json, metrics.jsonl, CURRENT, ...)
     append      a ``metrics.jsonl`` row appended
     fsync       a file flushed to disk by the checkpoint code
     replace     an ``os.replace`` (every atomic rename: checkpoints, resume state, manifest, cache entries)
@@ -31,7 +32,7 @@ import pathlib
 import signal
 import sys
 
-LABELS = ("step", "batch", "save_file", "write_text", "append", "fsync", "replace")
+LABELS = ("step", "batch", "save_file", "write", "append", "fsync", "replace")
 
 
 class _Faults:
@@ -80,15 +81,19 @@ def _install(faults: _Faults) -> None:
 
     torch.optim.AdamW.step = step
 
-    # batch: features about to reach the head, in training (grad on) or validation (no_grad)
-    original_to_device = trainer._to_device
+    # batch: features about to reach the head, in training (grad on) or validation (no_grad); the helper is
+    # `policies.predict.to_device` (imported by the trainer), `trainer._to_device` in older code
+    modules = [trainer]
+    try:
+        from mobile_vla.policies import predict
 
-    def to_device(features, device):
-        if faults.hit("batch", "train" if torch.is_grad_enabled() else "val"):
-            faults.die()
-        return original_to_device(features, device)
-
-    trainer._to_device = to_device
+        modules.append(predict)
+    except ImportError:
+        pass
+    for module in modules:
+        for name in ("to_device", "_to_device"):
+            if hasattr(module, name):
+                setattr(module, name, _counting_to_device(getattr(module, name), faults, torch))
 
     # save_file: the checkpoint module's safetensors writes, cut half-way
     original_save_file = checkpoints.save_file
@@ -112,25 +117,49 @@ def _install(faults: _Faults) -> None:
     if original_fsync is not None:
         checkpoints._fsync = fsync
 
-    # write_text: every Path.write_text, cut half-way
+    # write: every Path.write_text, cut half-way
     original_write_text = pathlib.Path.write_text
 
     def write_text(self, data, *args, **kwargs):
-        if faults.hit("write_text", str(self)):
+        if faults.hit("write", str(self)):
             original_write_text(self, data[: len(data) // 2], *args, **kwargs)
             faults.die()
         return original_write_text(self, data, *args, **kwargs)
 
     pathlib.Path.write_text = write_text
 
-    # append: the trainer's metrics.jsonl rows (the trainer's own `open`), cut half-way
-    def trainer_open(file, mode="r", *args, **kwargs):
+    # write: every atomic write of utils.files (its temporary file holds half the bytes when the kill comes;
+    # callers that imported the function by name, e.g. the feature cache, show up as `replace` events)
+    try:
+        from mobile_vla.utils import files
+    except ImportError:  # older code had no utils layer
+        files = None
+    if files is not None:
+        original_atomic = files.atomic_write_bytes
+
+        def atomic_write_bytes(path, data, *args, **kwargs):
+            if faults.hit("write", str(path)):
+                path = pathlib.Path(path)
+                with builtins.open(path.with_name(f".{path.name}.{os.getpid()}.cut.tmp"), "wb") as f:
+                    f.write(data[: len(data) // 2])
+                faults.die()
+            return original_atomic(path, data, *args, **kwargs)
+
+        files.atomic_write_bytes = atomic_write_bytes
+
+    # append: the metrics.jsonl rows (`open(..., "a")` of the module that appends them), cut half-way
+    def appending_open(file, mode="r", *args, **kwargs):
         handle = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115 (returned to the caller)
         if "a" not in mode:
             return handle
         return _CutAppend(handle, faults, str(file))
 
-    trainer.open = trainer_open
+    try:
+        from mobile_vla.runs import directory
+
+        directory.open = appending_open
+    except ImportError:  # older code appended in the trainer
+        trainer.open = appending_open
 
     # MOBILE_VLA_DRAW_LOG=FILE: each rank appends the (episode, frame) items of every training batch to
     # FILE.rank<RANK>, one JSON line per step: [epoch, step, [[episode_id, frame_index], ...]]
@@ -147,6 +176,15 @@ def _install(faults: _Faults) -> None:
             faults.die()
 
     os.replace = replace
+
+
+def _counting_to_device(original, faults: _Faults, torch):
+    def to_device(features, device):
+        if faults.hit("batch", "train" if torch.is_grad_enabled() else "val"):
+            faults.die()
+        return original(features, device)
+
+    return to_device
 
 
 def _log_draws(trainer, path: str) -> None:

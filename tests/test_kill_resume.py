@@ -234,7 +234,7 @@ def test_a_run_killed_before_its_first_epoch_ends_starts_again_as_the_same_run(e
     reference, _, _ = reference_run("case1", episodes, tmp_path, epochs=2)
     _cold_cache(tmp_path / "cache")
     training = Training("case1", episodes, tmp_path / "killed", tmp_path / "cache", epochs=2)
-    assert training.run(fault="write_text:1:RUN/config.json") == -signal.SIGKILL
+    assert training.run(fault="write:1:RUN/config.json") == -signal.SIGKILL
     assert not (training.out / "config.json").exists()  # written whole or not at all
     assert training.run(fault="step:2") == -signal.SIGKILL
     training.finish()

@@ -54,6 +54,7 @@ import os
 import shutil
 import struct
 import types
+import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
