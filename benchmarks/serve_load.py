@@ -3,6 +3,16 @@
     python benchmarks/serve_load.py                         # fake policy: the server's own overhead
     python benchmarks/serve_load.py --policy cpu-work       # plus a fixed CPU cost per step (resize + matmul)
     python benchmarks/serve_load.py --run-dir runs/lite     # a trained run (mobile_vla.policies.load_policy)
+    python benchmarks/serve_load.py --soak 120              # faults: 16 robot clients for 2 minutes (below)
+
+Soak (``--soak SECONDS``): ``--clients`` threads (default 16), each the robot's own client
+(``mobile_vla.serving.client.VLAClient``), send requests until the time is up; a ``--malformed-share`` of them
+(default 0.3) is mangled on the wire (truncated JSON, bad base64, bytes that are no image, a truncated JPEG, a
+missing image, a number for the instruction, an empty instruction, an unknown strategy), and the server's
+model raises on every ``--fail-every``-th call (default 10; ``FlakyPolicy``). Counted: server crashes,
+non-finite actions, failures answered with anything but zero velocity, answers of the wrong kind (a
+malformed request answered 200, a valid one refused), and latency percentiles per request kind. The result
+goes under ``"soak"`` in ``serve_load.json`` (the load levels in the same file are kept, and vice versa).
 
 It starts a real uvicorn on 127.0.0.1 in a child process (so the load generator does not share the server's
 GIL), sends the robot's request (a 720x1280 JPEG frame, base64 in JSON, X-API-Key) from N client threads,
@@ -21,6 +31,7 @@ import argparse
 import base64
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -29,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -55,6 +67,10 @@ def build_policy(args: argparse.Namespace):
 
     if args.policy == "cpu-work":
         return testing.CPUWorkPolicy(), {"model_name": "cpu-work (fake: resize to 224 + matmul)"}
+    if args.policy == "flaky":
+        return testing.FlakyPolicy(every=args.fail_every, stride=16), {
+            "model_name": f"flaky (image statistics; raises on every {args.fail_every}th call)"
+        }
     return testing.ImageStatsPolicy(stride=16), {
         "model_name": "fake (image statistics on 1/256 of the pixels)"
     }
@@ -167,6 +183,179 @@ def run_level(
     return latencies, server_ms, decode_ms, errors, wall
 
 
+# --- the soak ----------------------------------------------------------------------------------------------
+
+MALFORMED = (
+    "not_json",
+    "bad_base64",
+    "not_an_image",
+    "truncated_jpeg",
+    "missing_image",
+    "instruction_not_a_string",
+    "empty_instruction",
+    "unknown_strategy",
+)
+
+
+def malform(body: bytes, kind: str) -> bytes:
+    """A /predict request body broken in one way (``kind`` in ``MALFORMED``)."""
+    if kind == "not_json":
+        return body[: len(body) // 3]
+    request = json.loads(body)
+    if kind == "bad_base64":
+        request["image"] = "%%% this is not base64 %%%"
+    elif kind == "not_an_image":
+        request["image"] = base64.b64encode(b"hello, these bytes are no JPEG").decode()
+    elif kind == "truncated_jpeg":
+        data = base64.b64decode(request["image"])
+        request["image"] = base64.b64encode(data[: len(data) // 4]).decode()
+    elif kind == "missing_image":
+        del request["image"]
+    elif kind == "instruction_not_a_string":
+        request["instruction"] = 12345
+    elif kind == "empty_instruction":
+        request["instruction"] = "   "
+    elif kind == "unknown_strategy":
+        request["strategy"] = "teleport"
+    else:
+        raise ValueError(f"unknown malformation {kind!r}")
+    return json.dumps(request).encode()
+
+
+def _malforming_transport():
+    """An httpx transport that breaks the next /predict body when told to (``transport.next = kind``)."""
+    import httpx
+
+    class MalformingTransport(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport()
+            self.next: str | None = None
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            kind, self.next = self.next, None
+            if kind is not None and request.url.path.endswith("/predict"):
+                headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+                request = httpx.Request(
+                    request.method, request.url, headers=headers, content=malform(request.read(), kind)
+                )
+            return self.inner.handle_request(request)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return MalformingTransport()
+
+
+def soak(
+    url: str,
+    key: str,
+    process: subprocess.Popen,
+    *,
+    seconds: float,
+    clients: int,
+    malformed_share: float,
+    frames: list[np.ndarray],
+    timeout_s: float,
+    seed: int = 0,
+) -> dict:
+    """``clients`` robot clients for ``seconds``; returns counts, violations and latencies (see the docstring)."""
+    from mobile_vla.serving.client import VLAClient
+    from mobile_vla.serving.safety import MODEL_ERROR
+
+    # Each failure is a warning of the robot client's: thousands of them in a soak; the counts say it all.
+    logging.getLogger("mobile_vla.serving.client").setLevel(logging.ERROR)
+
+    records: list[tuple[str, str, float, bool, bool]] = []  # kind, source, latency ms, finite, zero
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    barrier = threading.Barrier(clients)
+
+    def client(index: int) -> None:
+        rng = np.random.default_rng([seed, index])
+        transport = _malforming_transport()
+        robot = VLAClient(url, api_key=key, timeout=timeout_s, image_format="jpeg", transport=transport)
+        robot.action_dims  # noqa: B018 (reads /model/info once, before the clock starts)
+        barrier.wait(timeout=60)
+        mine = []
+        while time.monotonic() < stop_at:
+            kind = "valid"
+            if rng.random() < malformed_share:
+                kind = str(rng.choice(MALFORMED))
+                transport.next = kind
+            result = robot.predict(frames[int(rng.integers(len(frames)))], INSTRUCTION)
+            action = np.asarray(result.action)
+            mine.append(
+                (
+                    kind,
+                    result.source,
+                    result.latency_ms,
+                    bool(np.all(np.isfinite(action))),
+                    bool(np.all(action == 0.0)),
+                )
+            )
+        with lock:
+            records.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 2 * timeout_s + 60)
+    wall = time.perf_counter() - start
+    alive = process.poll() is None
+
+    outcomes: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
+    violations: list[str] = []
+    failures = failures_zero = 0
+    for kind, source, _, finite, zero in records:
+        outcomes[source] = outcomes.get(source, 0) + 1
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        failed = source != "inferred"
+        failures += failed
+        failures_zero += failed and zero
+        if not finite:
+            violations.append(f"non-finite action ({kind}, {source})")
+        if failed and not zero:
+            violations.append(f"a failure not answered with zero velocity ({kind}, {source})")
+        if kind == "valid" and source not in ("inferred", f"safe_stop:{MODEL_ERROR}"):
+            violations.append(f"a valid request answered {source}")
+        if kind != "valid" and not source.startswith("client_stop:http_4"):
+            violations.append(f"a malformed request ({kind}) answered {source}")
+    latency = {}
+    for name, keep in (
+        ("all", lambda k, s: True),
+        ("inferred", lambda k, s: s == "inferred"),
+        ("model_error", lambda k, s: s.startswith("safe_stop:")),
+        ("malformed", lambda k, s: k != "valid"),
+    ):
+        values = np.asarray([r[2] for r in records if keep(r[0], r[1])])
+        if len(values):
+            latency[name] = {"n": len(values), **{f"p{q}": percentile_ci(values, q) for q in (50, 95, 99)}}
+    connection = sum(
+        n for s, n in outcomes.items() if s in ("client_stop:connection_error", "client_stop:timeout")
+    )
+    return {
+        "seconds": seconds,
+        "wall_s": wall,
+        "clients": clients,
+        "malformed_share": malformed_share,
+        "requests": len(records),
+        "by_kind": dict(sorted(by_kind.items())),
+        "outcomes": dict(sorted(outcomes.items())),
+        "server_alive_at_end": alive,
+        "crashes": int(not alive),
+        "connection_errors_or_timeouts": connection,
+        "non_finite_actions": sum(not r[3] for r in records),
+        "failures": failures,
+        "failures_answered_zero": failures_zero,
+        "violations": len(violations),
+        "violation_examples": sorted(set(violations))[:10],
+        "latency_ms": latency,
+    }
+
+
 def wait_for_health(url: str, process: subprocess.Popen, timeout_s: float) -> None:
     import httpx
 
@@ -192,8 +381,16 @@ def free_port() -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--policy", choices=("fake", "cpu-work"), default="fake", help="stand-in policy (default fake)"
+        "--policy",
+        choices=("fake", "cpu-work", "flaky"),
+        default=None,
+        help="stand-in policy (default fake; flaky for --soak)",
     )
+    p.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="run the soak for SECONDS")
+    p.add_argument("--clients", type=int, default=16, help="soak: concurrent robot clients (default 16)")
+    p.add_argument("--malformed-share", type=float, default=0.3, help="soak: share of malformed requests")
+    p.add_argument("--fail-every", type=int, default=10, help="flaky policy: every N-th model call raises")
+    p.add_argument("--seed", type=int, default=0, help="soak: seed of the request mix")
     p.add_argument("--run-dir", help="serve this trained run (or models:/NAME@ALIAS) instead of a stand-in")
     p.add_argument("--device", default="auto")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -209,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--serve-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.policy is None:
+        args.policy = "flaky" if args.soak else "fake"
     if args.serve_child:
         return serve_child(args)
 
@@ -222,7 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     child_args = [sys.executable, __file__, "--serve-child", "--port", str(port), "--policy", args.policy]
-    child_args += ["--device", args.device, "--timeout-s", str(args.timeout_s)]
+    child_args += [
+        "--device",
+        args.device,
+        "--timeout-s",
+        str(args.timeout_s),
+        "--fail-every",
+        str(args.fail_every),
+    ]
     if args.run_dir:
         child_args += ["--run-dir", args.run_dir]
     env = {
@@ -230,45 +436,67 @@ def main(argv: list[str] | None = None) -> int:
         "VLA_API_KEY": key,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    process = subprocess.Popen(child_args, env=env)
+    server_log = None
+    if args.soak:  # its server logs a traceback per model failure: into a file, counted afterwards
+        server_log = tempfile.NamedTemporaryFile("w+", prefix="serve_soak_", suffix=".log")  # noqa: SIM115
+    process = subprocess.Popen(child_args, env=env, stderr=server_log)
     deadline = time.monotonic() + args.max_seconds
     levels = []
+    soak_result = None
     try:
         wait_for_health(url, process, timeout_s=min(300.0, args.max_seconds))
         import httpx
 
         info = httpx.get(f"{url}/model/info", headers={"X-API-Key": key}, timeout=10).json()
-        with tqdm(total=args.warmup, desc="warmup", leave=False) as bar:
-            run_level(url, key, body, 1, args.warmup, args.timeout_s, deadline, bar)
-        total = len(args.concurrency) * args.repeats * args.requests
-        with tqdm(total=total, desc="requests") as bar:
-            for concurrency in args.concurrency:
-                lat, srv, dec, errs, throughputs = [], [], [], [], []
-                for _ in range(args.repeats):
-                    bar.set_postfix(clients=concurrency)
-                    latencies, server_ms, decode_ms, errors, wall = run_level(
-                        url, key, body, concurrency, args.requests, args.timeout_s, deadline, bar
+        if args.soak:
+            frames = [robot_frame(height, width, seed=i) for i in range(4)]
+            soak_result = soak(
+                url,
+                key,
+                process,
+                seconds=args.soak,
+                clients=args.clients,
+                malformed_share=args.malformed_share,
+                frames=frames,
+                timeout_s=args.timeout_s,
+                seed=args.seed,
+            )
+            health = httpx.get(f"{url}/health", timeout=10)
+            soak_result["health_after"] = health.status_code
+            stats = httpx.get(f"{url}/model/info", headers={"X-API-Key": key}, timeout=10).json()["stats"]
+            soak_result["server_stats"] = stats
+        else:
+            with tqdm(total=args.warmup, desc="warmup", leave=False) as bar:
+                run_level(url, key, body, 1, args.warmup, args.timeout_s, deadline, bar)
+            total = len(args.concurrency) * args.repeats * args.requests
+            with tqdm(total=total, desc="requests") as bar:
+                for concurrency in args.concurrency:
+                    lat, srv, dec, errs, throughputs = [], [], [], [], []
+                    for _ in range(args.repeats):
+                        bar.set_postfix(clients=concurrency)
+                        latencies, server_ms, decode_ms, errors, wall = run_level(
+                            url, key, body, concurrency, args.requests, args.timeout_s, deadline, bar
+                        )
+                        lat += latencies
+                        srv += server_ms
+                        dec += decode_ms
+                        errs += errors
+                        throughputs.append(len(latencies) / wall if wall > 0 else 0.0)
+                    if not lat:
+                        raise RuntimeError(f"no successful request at concurrency {concurrency}: {errs[:5]}")
+                    lat_arr, srv_arr = np.asarray(lat), np.asarray(srv)
+                    levels.append(
+                        {
+                            "concurrency": concurrency,
+                            "n_requests": len(lat),
+                            "errors": len(errs),
+                            "error_kinds": sorted(set(errs)),
+                            "latency_ms": {f"p{q}": percentile_ci(lat_arr, q) for q in (50, 95, 99)},
+                            "server_latency_ms": {f"p{q}": percentile_ci(srv_arr, q) for q in (50, 95, 99)},
+                            "server_decode_ms": {"p50": percentile_ci(np.asarray(dec), 50)},
+                            "throughput_rps": {**mean_ci(throughputs), "per_repeat": throughputs},
+                        }
                     )
-                    lat += latencies
-                    srv += server_ms
-                    dec += decode_ms
-                    errs += errors
-                    throughputs.append(len(latencies) / wall if wall > 0 else 0.0)
-                if not lat:
-                    raise RuntimeError(f"no successful request at concurrency {concurrency}: {errs[:5]}")
-                lat_arr, srv_arr = np.asarray(lat), np.asarray(srv)
-                levels.append(
-                    {
-                        "concurrency": concurrency,
-                        "n_requests": len(lat),
-                        "errors": len(errs),
-                        "error_kinds": sorted(set(errs)),
-                        "latency_ms": {f"p{q}": percentile_ci(lat_arr, q) for q in (50, 95, 99)},
-                        "server_latency_ms": {f"p{q}": percentile_ci(srv_arr, q) for q in (50, 95, 99)},
-                        "server_decode_ms": {"p50": percentile_ci(np.asarray(dec), 50)},
-                        "throughput_rps": {**mean_ci(throughputs), "per_repeat": throughputs},
-                    }
-                )
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -276,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+    if soak_result is not None:
+        soak_result["server_exit_code"] = process.returncode  # 0: it shut down cleanly on SIGINT
+        server_log.seek(0)
+        text = server_log.read()
+        soak_result["server_logged_model_errors"] = text.count("model error in act")
+        soak_result["server_log_tail"] = text[-1500:] if soak_result["crashes"] else ""
+        server_log.close()
+        return write_soak(args, soak_result, info, load_at_start, f"JPEG {height}x{width}, quality 90")
 
     result = {
         "benchmark": "serve_load",
@@ -296,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"requests_per_repeat": args.requests, "repeats": args.repeats, "warmup": args.warmup},
         "levels": levels,
     }
+    previous = _read_json(args.out)
+    if "soak" in previous:
+        result["soak"] = previous["soak"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['model']['model_name']}  ({result['request']['image']})")
@@ -313,6 +552,47 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"wrote {args.out}")
     return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_soak(args: argparse.Namespace, result: dict, info: dict, load_at_start, image: str) -> int:
+    """Put the soak's result under ``"soak"`` in ``args.out`` (keeping the load levels); print a summary."""
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "note": "server and clients on the same machine, in separate processes",
+        },
+        "model": info.get("model_name"),
+        "image": image,
+        "fail_every": args.fail_every,
+        **result,
+    }
+    document = _read_json(args.out)
+    document["soak"] = result
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    lat = result["latency_ms"].get("all", {})
+    p99 = lat.get("p99", {}).get("value", float("nan"))
+    print(
+        f"soak: {result['requests']} requests from {result['clients']} clients in {result['wall_s']:.0f} s; "
+        f"crashes {result['crashes']}, non-finite actions {result['non_finite_actions']}, "
+        f"failures {result['failures']} (answered zero: {result['failures_answered_zero']}), "
+        f"violations {result['violations']}; p99 latency {p99:.1f} ms"
+    )
+    for source, n in result["outcomes"].items():
+        print(f"  {n:>6}  {source}")
+    print(f"wrote {args.out}")
+    ok = result["crashes"] == 0 and result["violations"] == 0 and result["server_exit_code"] == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def test_a_changed_backbone_invalidates_its_entries(episodes_dir, cache):
     assert other.image_items == len(dataset)
     images = [dataset[i]["image"] for i in range(len(dataset))]
     torch.testing.assert_close(vision, other.encode_images(images[: len(vision)]))
-    assert sorted(r["fingerprint_hash"] for r in cache.backbones()) == ["aaaa1111", "bbbb2222"]
+    assert sorted(r["backbone_fingerprint_hash"] for r in cache.backbones()) == ["aaaa1111", "bbbb2222"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_payload_byte", "entry_of_another_key", "empty"])
@@ -247,14 +247,14 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     episode_hash = "ab" * 32
     refs = [FrameRef(StubEpisode(episode_hash), f) for f in (0, 1)]
     good = cached.image_features(refs)["vision"]
-    path = cache.entry_path(backbone.fingerprint_hash, "vision", frame_key(episode_hash, 0))
+    path = cache.entry_path(cached.namespace, "vision", frame_key(episode_hash, 0))
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[:-7])
     elif damage == "flip_payload_byte":
         path.write_bytes(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
     elif damage == "entry_of_another_key":
-        other = cache.entry_path(backbone.fingerprint_hash, "vision", frame_key(episode_hash, 1))
+        other = cache.entry_path(cached.namespace, "vision", frame_key(episode_hash, 1))
         path.write_bytes(other.read_bytes())
     else:
         path.write_bytes(b"")
@@ -264,7 +264,38 @@ def test_a_corrupt_entry_is_detected_and_recomputed(damage, cache, tmp_path):
     again = CachedBackbone(backbone, reader).image_features(refs[:1])["vision"]
     assert reader.stats.corrupt == 1 and backbone.total_calls == calls + 1
     torch.testing.assert_close(again[0], good[0])
-    decode_entry(path.read_bytes(), backbone=backbone.fingerprint_hash, kind="vision", key=refs[0].key)
+    decode_entry(path.read_bytes(), backbone=cached.namespace, kind="vision", key=refs[0].key)
+
+
+def test_a_batch_cut_short_while_storing_is_computed_again_whole(cache, monkeypatch):
+    """Entries of a batch whose writer died before the last of them are not served: the whole batch is computed
+    again in one call, so its features are those of the same batch composition, bit for bit."""
+    backbone = CountingBackbone()
+    refs = [FrameRef(StubEpisode("ef" * 32), f) for f in range(4)]
+    writer = CachedBackbone(backbone, cache, keep_tokens=False)
+    original, stored = FeatureCache.store, []
+
+    def dies_after_two(self, *args, **kwargs):
+        if len(stored) == 2:
+            raise KeyboardInterrupt("killed while storing the batch")
+        stored.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "store", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        writer.image_features(refs)
+    monkeypatch.undo()
+    assert len(stored) == 2  # two entries of the batch are on disk
+
+    reader = FeatureCache(cache.root, memory_bytes=0)
+    calls, items = backbone.total_calls, backbone.image_items
+    again = CachedBackbone(backbone, reader, keep_tokens=False).image_features(refs)["vision"]
+    assert reader.stats.uncommitted == 2 and reader.stats.disk_hits == 0
+    assert backbone.total_calls == calls + 1 and backbone.image_items == items + 4  # one call, whole batch
+    torch.testing.assert_close(again, backbone.encode_images([r.load_image() for r in refs]), rtol=0, atol=0)
+    later = FeatureCache(cache.root, memory_bytes=0)  # now committed: served from disk
+    CachedBackbone(backbone, later, keep_tokens=False).image_features(refs)
+    assert later.stats.disk_hits == 4 and later.stats.uncommitted == 0
 
 
 def _run(code: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -368,9 +399,12 @@ def test_clear_by_profile_or_hash_prefix(cache):
     for digest in ("1111aaaa", "2222bbbb"):
         backbone = CountingBackbone(digest)
         CachedBackbone(backbone, cache).text_features(["go"])
-    assert cache.clear("2222") == ["2222bbbb"]
-    assert [r["fingerprint_hash"] for r in cache.backbones()] == ["1111aaaa"]
-    assert cache.clear("fake") == ["1111aaaa"] and cache.backbones() == []
+    namespaces = {r["backbone_fingerprint_hash"]: r["fingerprint_hash"] for r in cache.backbones()}
+    assert cache.clear("2222") == [namespaces["2222bbbb"]]  # by the backbone's fingerprint hash
+    assert [r["backbone_fingerprint_hash"] for r in cache.backbones()] == ["1111aaaa"]
+    assert cache.clear(namespaces["1111aaaa"][:6]) == [namespaces["1111aaaa"]]  # by the namespace
+    CachedBackbone(CountingBackbone("1111aaaa"), cache).text_features(["go"])
+    assert cache.clear("fake") == [namespaces["1111aaaa"]] and cache.backbones() == []
 
 
 def test_memory_copy_is_bounded(cache, tmp_path):

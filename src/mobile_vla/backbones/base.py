@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Bump when the way features are computed from the model changes (pooling, token selection, text mean), so
-# that every fingerprint, and with it every feature cache keyed on it, changes too.
+# that every fingerprint changes and checkpoints trained on the old features are refused. The feature cache
+# does not depend on it: its namespace (`mobile_vla.data.cache.feature_namespace`) hashes the feature code itself.
 FEATURE_RECIPE_VERSION = 1
 TEXT_MEMO_SIZE = 1024  # distinct instructions whose features a backbone keeps (oldest dropped first)
 

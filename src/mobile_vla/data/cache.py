@@ -5,7 +5,13 @@ the backbone never changes: the same computation repeated hundreds of times per 
 feature the first time it is computed and serves it afterwards, across epochs, runs, cases and processes.
 
 What identifies an entry:
-    backbone fingerprint hash   (weights, config and preprocessing; a changed backbone is a new namespace)
+    namespace                   `feature_namespace`: a hash of everything that changes a feature: the
+                                backbone's fingerprint (weights, config, dtype, preprocessing parameters), the
+                                device type, the versions of torch / transformers / Pillow / numpy /
+                                torchvision, the exact processor classes, and the source code of the functions
+                                that compute it (`source_digest`); a change to any of them is a new namespace,
+                                so an edit to resize or pooling code can never be served stale features, and
+                                nobody has to remember to bump a version number
     feature kind                (`vision`, `image_tokens`, `clip_image`, `text`, ...)
     key                         `{episode content hash}/{frame index}` for frame features,
                                 `text/{sha256 of the string}` for instruction features (one per distinct string)
@@ -15,9 +21,10 @@ Layout (one small safetensors file per entry; measured against one packed file p
 `benchmarks/README.md`: packed files write and read faster in bulk, but filling them lazily means rewriting
 them, and two processes filling one file lose each other's frames; per-entry files need no merge at all):
 
-    ROOT/{backbone hash}/backbone.json                    the backbone's fingerprint (for `cache info`)
-    ROOT/{backbone hash}/{kind}/{content hash}/{frame:05d}.safetensors
-    ROOT/{backbone hash}/{kind}/text/{sha256}.safetensors
+    ROOT/{namespace}/backbone.json                    the backbone's fingerprint + the namespace record
+    ROOT/{namespace}/{kind}/{content hash}/{frame:05d}.safetensors
+    ROOT/{namespace}/{kind}/text/{sha256}.safetensors
+    ROOT/{namespace}/.groups/{group id}                 empty: "every entry of this group is written"
 
 Safety:
 - A write goes to a unique temporary file in the entry's directory, is fsynced, then `os.replace`d onto the
@@ -27,19 +34,30 @@ Safety:
   check (a disk error, a copy cut short, a file from elsewhere) is counted as corrupt and recomputed.
 - Two processes computing the same entry both write whole files; the last rename wins and both are valid,
   so no lock is needed (the DDP ranks of one run share a cache this way).
+- The entries computed by one backbone call form a *group*, committed by a marker file
+  (`ROOT/{namespace}/.groups/{id}`) written after the last of them. An entry of an uncommitted group (its
+  writer died half-way through storing the batch) is not served: the whole batch is computed again, in the
+  same composition. A batched forward's floating-point sums depend on what else is in the batch, so a
+  partial batch recomputed alone would give features a few ulps off those an uninterrupted run computed,
+  and a resumed run would no longer end bit-identical to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
 import shutil
 import struct
+import types
+import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +76,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "mobile_vla.feature/1"
 ENTRY_SUFFIX = ".safetensors"
 TEXT_GROUP = "text"
+GROUPS_DIR = ".groups"  # commit markers of the entry groups (see "Safety" above)
 
 # Feature kinds a backbone computes itself, and the `Backbone` method that computes each
 # (see docs/CONTRACTS.md). Other kinds (Case 2's `clip_image`, ...) are cached through `get_or_compute`
@@ -90,6 +109,138 @@ def text_key(text: str) -> str:
     return f"{TEXT_GROUP}/{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
 
 
+# --- what a feature depends on -----------------------------------------------------------------------------
+
+# Libraries whose code computes features (resize kernels, tokenisers, matmuls): a new version is a new namespace.
+FEATURE_LIBRARIES = ("torch", "transformers", "Pillow", "numpy", "torchvision")
+_SIMPLE = (bool, int, float, str, bytes, type(None))
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of `FEATURE_LIBRARIES` (None when one is not installed)."""
+    out: dict[str, str | None] = {}
+    for name in FEATURE_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):  # defined in a REPL or by exec: only its name is known
+        return f"<no source: {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}>"
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # nested functions, lambdas, comprehensions
+            names |= _code_names(const)
+    return names
+
+
+def _functions_of(obj: Any) -> list[types.FunctionType]:
+    if inspect.isclass(obj):
+        out = []
+        for value in vars(obj).values():
+            value = getattr(value, "__func__", value)  # staticmethod / classmethod
+            value = getattr(value, "fget", value)  # property
+            value = getattr(value, "func", value)  # functools.cached_property
+            if isinstance(value, types.FunctionType):
+                out.append(value)
+        return out
+    obj = getattr(obj, "__func__", obj)  # a bound method
+    return [obj] if isinstance(obj, types.FunctionType) else []
+
+
+def _is_constant(value: Any) -> bool:
+    """A plain module constant (number, string, or a tuple / list / dict of them): its value is hashed."""
+    if isinstance(value, _SIMPLE):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, _SIMPLE) and isinstance(v, _SIMPLE) for k, v in value.items())
+    return isinstance(value, (tuple, list, frozenset)) and all(isinstance(v, _SIMPLE) for v in value)
+
+
+def _followed(module: str, root_modules: set[str]) -> bool:
+    return module in root_modules or module.split(".")[0] == "mobile_vla"
+
+
+def source_digest(*roots: Any) -> str:
+    """sha256 of the source of ``roots`` (classes, functions, bound methods) and of what they use.
+
+    Follows, from each function's code, the global names it reads: functions and classes of this package or
+    of a root's own module (their source, recursively), and plain module constants (their value, e.g. a
+    normalisation mean; arrays and other objects are not hashed). A class brings its methods and its base
+    classes of this package along. Library code is covered by `library_versions` instead.
+    """
+    root_modules = {getattr(r, "__module__", None) or "" for r in roots}
+    # Entries name objects by qualified name without their module, so moving code between modules (a
+    # refactor) keeps the digest; what the code *is* decides.
+    entries: set[str] = set()
+    visited: set[int] = set()
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        obj = obj if inspect.isclass(obj) else getattr(obj, "__func__", obj)
+        if id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        kind = "class" if inspect.isclass(obj) else "def"
+        entries.add(f"{kind} {getattr(obj, '__qualname__', repr(obj))}\n{_source(obj)}")
+        if inspect.isclass(obj):
+            stack += [b for b in obj.__mro__[1:] if _followed(b.__module__, root_modules)]
+        for fn in _functions_of(obj):
+            namespace = fn.__globals__
+            for name in sorted(_code_names(fn.__code__)):
+                if name not in namespace:
+                    continue  # an attribute, a builtin or a local
+                value = namespace[name]
+                if _is_constant(value):
+                    entries.add(f"const {name} = {value!r}")
+                elif (inspect.isclass(value) or inspect.isfunction(value)) and _followed(
+                    getattr(value, "__module__", "") or "", root_modules
+                ):
+                    stack.append(value)
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(entry.encode() + b"\n\0")
+    return digest.hexdigest()
+
+
+def _processor_classes(encoder: Any) -> list[str]:
+    """The exact classes of an encoder's pre-processors (a fast and a slow image processor differ)."""
+    processor = getattr(encoder, "processor", None)
+    found = [processor, getattr(processor, "image_processor", None), getattr(processor, "tokenizer", None)]
+    found.append(getattr(encoder, "tokenizer", None))
+    return [f"{type(p).__module__}.{type(p).__qualname__}" for p in found if p is not None]
+
+
+def feature_namespace(encoder: Any, *, code: Sequence[Any] = ()) -> tuple[str, dict[str, Any]]:
+    """The cache namespace of the features ``encoder`` computes, and the record it is the hash of.
+
+    The record holds the encoder's fingerprint (or, without one, its ``fingerprint_hash``), its dtype and
+    device type, `library_versions`, its processor classes and the `source_digest` of its class plus
+    ``code`` (the caller's functions that turn its outputs into cached features).
+    """
+    fingerprint = getattr(encoder, "fingerprint", None)
+    record = {
+        "format": FORMAT,
+        "fingerprint": dict(fingerprint) if fingerprint is not None else None,
+        "fingerprint_hash": str(encoder.fingerprint_hash),
+        "dtype": str(getattr(encoder, "dtype", None)),
+        "device_type": torch.device(getattr(encoder, "device", None) or "cpu").type,
+        "versions": library_versions(),
+        "processors": _processor_classes(encoder),
+        "code": source_digest(type(encoder), *code),
+    }
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], record
+
+
 @dataclass
 class CacheStats:
     """What a cache did, for tests and reports.
@@ -101,6 +252,7 @@ class CacheStats:
         disk_hits: read from an entry file.
         misses: distinct features that had to be computed.
         corrupt: entry files that failed their checks and were recomputed.
+        uncommitted: entry files of a group whose writer died before committing it (recomputed).
         backbone_calls: encoder invocations made by the cache (one per batch of misses and kind group).
         backbone_items: inputs passed to those invocations.
         writes: entry files written.
@@ -112,6 +264,7 @@ class CacheStats:
     disk_hits: int = 0
     misses: int = 0
     corrupt: int = 0
+    uncommitted: int = 0
     backbone_calls: int = 0
     backbone_items: int = 0
     writes: int = 0
@@ -128,8 +281,11 @@ class CorruptEntryError(ValueError):
     """An entry file that is not a whole, matching entry (never returned; the feature is recomputed)."""
 
 
-def encode_entry(feature: torch.Tensor, *, backbone: str, kind: str, key: str) -> bytes:
-    """The bytes of one entry file: a safetensors file whose header names the entry and checksums it."""
+def encode_entry(
+    feature: torch.Tensor, *, backbone: str, kind: str, key: str, group: str | None = None
+) -> bytes:
+    """The bytes of one entry file: a safetensors file whose header names the entry (and its group, when it was
+    computed with others) and checksums it."""
     feature = feature.detach().to("cpu").contiguous()
     payload = feature.reshape(-1).view(torch.uint8).numpy().tobytes()  # the exact bytes safetensors stores
     metadata = {
@@ -140,7 +296,18 @@ def encode_entry(feature: torch.Tensor, *, backbone: str, kind: str, key: str) -
         "nbytes": str(len(payload)),
         "crc32": str(zlib.crc32(payload)),
     }
+    if group is not None:
+        metadata["group"] = group
     return save_safetensors({"feature": feature}, metadata=metadata)
+
+
+def entry_group(data: bytes) -> str | None:
+    """The group recorded in an entry's header (None for an entry stored on its own or unreadable)."""
+    try:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8 : 8 + header_len])["__metadata__"].get("group")
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
 
 
 def decode_entry(data: bytes, *, backbone: str, kind: str, key: str, source: str = "entry") -> torch.Tensor:
@@ -206,6 +373,8 @@ class FeatureCache:
         self._memory: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
         self._memory_used = 0
         self._described: set[str] = set()
+        self._group: str | None = None  # the group being stored by `get_or_compute`
+        self._committed: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r})"
@@ -249,6 +418,10 @@ class FeatureCache:
             self.stats.corrupt += 1
             logger.warning("corrupt feature cache entry, recomputing it: %s", exc)
             return None
+        group = entry_group(data)
+        if group is not None and group != self._group and not self._is_committed(backbone, group):
+            self.stats.uncommitted += 1  # its batch was cut short by a crash: computed again, whole
+            return None
         self.stats.disk_hits += 1
         self._remember(mem_key, feature)
         return feature
@@ -256,10 +429,37 @@ class FeatureCache:
     def store(self, backbone: str, kind: str, key: str, feature: torch.Tensor) -> None:
         """Write one entry atomically and keep it in memory."""
         feature = feature.detach().to("cpu").contiguous().clone()
-        data = encode_entry(feature, backbone=backbone, kind=kind, key=key)
+        data = encode_entry(feature, backbone=backbone, kind=kind, key=key, group=self._group)
         atomic_write_bytes(self.entry_path(backbone, kind, key), data, durable=self.durable)
         self.stats.writes += 1
         self._remember((backbone, kind, key), feature)
+
+    def _group_path(self, backbone: str, group: str) -> Path:
+        _check_name("group", group)
+        return self.root / backbone / GROUPS_DIR / group
+
+    def _is_committed(self, backbone: str, group: str) -> bool:
+        if (backbone, group) in self._committed:
+            return True
+        try:
+            committed = self._group_path(backbone, group).exists()
+        except ValueError:  # a malformed group name in a header
+            return False
+        if committed:
+            self._committed.add((backbone, group))
+        return committed
+
+    @contextlib.contextmanager
+    def _storing_group(self, backbone: str) -> Iterator[str]:
+        """Entries stored inside are one group, committed (marker written) only when the block completes."""
+        group = uuid.uuid4().hex
+        self._group = group
+        try:
+            yield group
+            atomic_write_bytes(self._group_path(backbone, group), b"", durable=self.durable)
+            self._committed.add((backbone, group))
+        finally:
+            self._group = None
 
     def _remember(self, mem_key: tuple[str, str, str], feature: torch.Tensor) -> None:
         size = feature.numel() * feature.element_size()
@@ -311,21 +511,25 @@ class FeatureCache:
             if absent:
                 missing_by_set.setdefault(tuple(absent), []).append(key)
         for missing_kinds, missing_keys in missing_by_set.items():
-            computed = compute(list(missing_keys), missing_kinds)
-            self.stats.backbone_calls += 1
-            self.stats.backbone_items += len(missing_keys)
-            for kind in missing_kinds:
-                if kind not in computed:
-                    raise KeyError(f"compute() returned {sorted(computed)} but kind {kind!r} was asked for")
-                rows = computed[kind]
-                if rows.shape[0] != len(missing_keys):
-                    raise ValueError(
-                        f"compute() returned {rows.shape[0]} rows of {kind!r} for {len(missing_keys)} keys"
-                    )
-                for key, row in zip(missing_keys, rows, strict=True):
-                    self.store(backbone, kind, key, row)
-                    found[(kind, key)] = self._memory.get((backbone, kind, key), row.detach().cpu())
-                    self.stats.misses += 1
+            # One call's entries are one group (also what `compute` stores itself, e.g. the other image kind).
+            with self._storing_group(backbone):
+                computed = compute(list(missing_keys), missing_kinds)
+                self.stats.backbone_calls += 1
+                self.stats.backbone_items += len(missing_keys)
+                for kind in missing_kinds:
+                    if kind not in computed:
+                        raise KeyError(
+                            f"compute() returned {sorted(computed)} but kind {kind!r} was asked for"
+                        )
+                    rows = computed[kind]
+                    if rows.shape[0] != len(missing_keys):
+                        raise ValueError(
+                            f"compute() returned {rows.shape[0]} rows of {kind!r} for {len(missing_keys)} keys"
+                        )
+                    for key, row in zip(missing_keys, rows, strict=True):
+                        self.store(backbone, kind, key, row)
+                        found[(kind, key)] = self._memory.get((backbone, kind, key), row.detach().cpu())
+                        self.stats.misses += 1
         self.stats.requests += len(keys) * len(kinds)
         self.stats.hits += len(keys) * len(kinds) - sum(len(k) * len(s) for s, k in missing_by_set.items())
         return {kind: torch.stack([found[(kind, key)] for key in keys]).to(device or "cpu") for kind in kinds}
@@ -338,7 +542,8 @@ class FeatureCache:
             return records
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             record: dict[str, Any] = {
-                "fingerprint_hash": directory.name,
+                "fingerprint_hash": directory.name,  # the namespace (see `feature_namespace`)
+                "backbone_fingerprint_hash": None,
                 "profile": None,
                 "fingerprint": None,
             }
@@ -348,6 +553,7 @@ class FeatureCache:
                     fingerprint = json.loads(meta.read_text())["fingerprint"]
                     record["fingerprint"] = fingerprint
                     record["profile"] = fingerprint.get("profile") or fingerprint.get("name")
+                    record["backbone_fingerprint_hash"] = fingerprint.get("backbone_fingerprint_hash")
                 except (ValueError, KeyError, AttributeError):
                     logger.warning("%s: unreadable backbone record", meta)
             records.append(record)
@@ -365,7 +571,9 @@ class FeatureCache:
         for record in self.backbones():
             kinds = {}
             for kind_dir in sorted(
-                p for p in (self.root / record["fingerprint_hash"]).iterdir() if p.is_dir()
+                p
+                for p in (self.root / record["fingerprint_hash"]).iterdir()
+                if p.is_dir() and not p.name.startswith(".")  # not the group markers
             ):
                 entries = size = tmp = 0
                 groups = set()
@@ -391,7 +599,8 @@ class FeatureCache:
         return out
 
     def clear(self, backbone: str | None = None) -> list[str]:
-        """Delete every entry (or those of one backbone, by profile name or fingerprint-hash prefix).
+        """Delete every entry (or those of one backbone: by profile name, namespace prefix or backbone
+        fingerprint-hash prefix).
 
         Returns the fingerprint hashes removed. Safe to run while nothing uses the cache; a concurrent writer
         simply recreates its entry.
@@ -399,7 +608,13 @@ class FeatureCache:
         removed = []
         for record in self.backbones():
             digest = record["fingerprint_hash"]
-            if backbone is None or record["profile"] == backbone or digest.startswith(backbone):
+            of = record["backbone_fingerprint_hash"] or ""
+            if (
+                backbone is None
+                or record["profile"] == backbone
+                or digest.startswith(backbone)
+                or (of and of.startswith(backbone))
+            ):
                 shutil.rmtree(self.root / digest, ignore_errors=True)
                 removed.append(digest)
                 self._described.discard(digest)
@@ -482,7 +697,13 @@ class CachedBackbone:
         self.cache = cache if cache is not None else FeatureCache()
         self.keep_tokens = keep_tokens
         self.fingerprint_hash = str(backbone.fingerprint_hash)
-        self.cache.describe_backbone(self.fingerprint_hash, getattr(backbone, "fingerprint", None))
+        # Entries live under a namespace that also covers library versions, device and the feature code.
+        self.namespace, self.namespace_record = feature_namespace(
+            backbone, code=(CachedBackbone._encode_images, CachedBackbone.text_features)
+        )
+        fingerprint = getattr(backbone, "fingerprint", None) or {}
+        described = {**fingerprint, "backbone_fingerprint_hash": self.fingerprint_hash}
+        self.cache.describe_backbone(self.namespace, {**described, "feature_cache": self.namespace_record})
 
     @property
     def device(self) -> torch.device:
@@ -529,12 +750,12 @@ class CachedBackbone:
             out = self._encode_images(inputs, IMAGE_KINDS)  # the same single pass: keep the other kind too
             (other,) = set(IMAGE_KINDS) - set(kinds_)
             for key, feature in zip(missing, out[other], strict=True):
-                if not self.cache.contains(self.fingerprint_hash, other, key):
-                    self.cache.store(self.fingerprint_hash, other, key, feature)
+                if not self.cache.contains(self.namespace, other, key):
+                    self.cache.store(self.namespace, other, key, feature)
             return {kinds_[0]: out[kinds_[0]]}
 
         return self.cache.get_or_compute(
-            self.fingerprint_hash, kinds, [r.key for r in refs], compute, device=self.device
+            self.namespace, kinds, [r.key for r in refs], compute, device=self.device
         )
 
     def text_features(self, texts: Sequence[str], kind: str = "text") -> torch.Tensor:
@@ -547,7 +768,7 @@ class CachedBackbone:
             return {kind: torch.stack(rows)}
 
         return self.cache.get_or_compute(
-            self.fingerprint_hash, (kind,), [text_key(t) for t in texts], compute, device=self.device
+            self.namespace, (kind,), [text_key(t) for t in texts], compute, device=self.device
         )[kind]
 
 
@@ -574,9 +795,7 @@ def build_cache(
     before = CacheStats(**cached.cache.stats.to_dict())
     episodes = list(episodes)
     refs = [FrameRef(e, f) for e in episodes for f in range(e.num_frames)]
-    todo = [
-        r for r in refs if not all(cached.cache.contains(cached.fingerprint_hash, k, r.key) for k in kinds)
-    ]
+    todo = [r for r in refs if not all(cached.cache.contains(cached.namespace, k, r.key) for k in kinds)]
 
     bar = tqdm(
         total=len(refs),

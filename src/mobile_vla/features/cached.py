@@ -4,13 +4,14 @@ The trainer uses it whenever the backbone is frozen (always, in this toolkit), s
 backbone pass per backbone, ever: the first epoch of the first run computes and stores it; later epochs,
 runs, seeds and cases read it back.
 
-Which features are cached, and under which namespace:
-    vision, image_tokens   backbone fingerprint hash, keyed by episode content hash + frame index (also
+Which features are cached, and under which namespace (`mobile_vla.data.cache.feature_namespace`: the
+encoder's fingerprint + dtype, device type, library versions and the source of the code that computes it):
+    vision, image_tokens   the backbone's namespace, keyed by episode content hash + frame index (also
                            history and future frames: any feature computed by the backbone's own encoders)
-    text                   backbone fingerprint hash, keyed by the string (each distinct string once)
+    text                   the backbone's namespace, keyed by the string (each distinct string once)
     any other feature      only when its encoder's fingerprint is known: `source_fingerprints`, or the
                            `record["fingerprint_hash"]` of an `ExtraFeature` (Case 2's `clip_image` is
-                           cached under the CLIP encoder's fingerprint hash)
+                           cached under the namespace of the CLIP encoder)
 A frame is recognised by its `FrameRef` (datasets built with `lazy_images=True` hand those over instead of
 decoded images, so a cached frame is never even read from disk). Plain images (inference, a user's PIL
 list) have no identity and are computed as `FeatureProvider` would, with instruction features still cached.
@@ -25,7 +26,14 @@ from typing import Any
 
 import torch
 
-from mobile_vla.data.cache import IMAGE_KINDS, CachedBackbone, FeatureCache, FrameRef, text_key
+from mobile_vla.data.cache import (
+    IMAGE_KINDS,
+    CachedBackbone,
+    FeatureCache,
+    FrameRef,
+    feature_namespace,
+    text_key,
+)
 from mobile_vla.features.providers import FEATURE_SOURCES, FeatureProvider, FeatureSource, to_pil
 
 # The backbone's own encoders, by the cache kind their features are stored under.
@@ -66,6 +74,8 @@ class CachedFeatureProvider(FeatureProvider):
         self.cached = CachedBackbone(backbone, cache, keep_tokens=keep_tokens)
         self.cache = self.cached.cache
         self.source_fingerprints = dict(source_fingerprints or {})
+        self._encoders: dict[str, Any] = {}  # feature name -> the object that computes it (for its namespace)
+        self._namespaces: dict[str, str] = {}
 
     # -- which features go through the cache ---------------------------------------------------------------
     def _backbone_kind(self, source: FeatureSource) -> str | None:
@@ -76,8 +86,19 @@ class CachedFeatureProvider(FeatureProvider):
     def _namespace(self, name: str, source: FeatureSource) -> str | None:
         """The cache namespace of feature `name`, or None when it must not be cached."""
         if self._backbone_kind(source) is not None:
-            return self.cached.fingerprint_hash
-        return self.source_fingerprints.get(name)
+            return self.cached.namespace
+        fingerprint = self.source_fingerprints.get(name)
+        if fingerprint is None:
+            return None
+        if name not in self._namespaces:
+            encoder = self._encoders.get(name)
+            if encoder is None:  # only a hash is known: the source's own code stands for the encoder
+                encoder = _Fingerprinted(fingerprint, self.device)
+                code: tuple[Any, ...] = (source.encode,)
+            else:
+                code = ()
+            self._namespaces[name] = feature_namespace(encoder, code=code)[0]
+        return self._namespaces[name]
 
     def add_extra_features(self, extra: Mapping[str, Any]) -> None:
         """As `FeatureProvider`, and cache each extra feature whose encoder records a fingerprint hash."""
@@ -86,6 +107,11 @@ class CachedFeatureProvider(FeatureProvider):
             fingerprint = (getattr(feature, "record", None) or {}).get("fingerprint_hash")
             if fingerprint:
                 self.source_fingerprints[name] = str(fingerprint)
+                # Case 2's encode is the CLIP encoder's bound `encode_images`: its object has the fingerprint.
+                encoder = getattr(feature.encode, "__self__", None)
+                if encoder is not None and hasattr(encoder, "fingerprint_hash"):
+                    self._encoders[name] = encoder
+                self._namespaces.pop(name, None)
 
     # -- FeatureProvider overrides ----------------------------------------------------------------------------
     def __call__(self, batch: Mapping[str, Any], names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -161,12 +187,20 @@ class CachedFeatureProvider(FeatureProvider):
         def compute(missing: list[str], kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
             return {name: source.encode(self, [by_key[k].load_image() for k in missing])}
 
-        self.cache.describe_backbone(namespace, {"profile": name, "fingerprint_hash": namespace})
+        described = {"profile": name, "backbone_fingerprint_hash": self.source_fingerprints.get(name)}
+        self.cache.describe_backbone(namespace, described)
         keys = [r.key for r in refs]
         return self.cache.get_or_compute(namespace, (name,), keys, compute, device=self.device)[name]
 
     def _tick(self, name: str, start: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class _Fingerprinted:
+    """An encoder known only by its fingerprint hash (``source_fingerprints``), for `feature_namespace`."""
+
+    def __init__(self, fingerprint_hash: str, device: Any) -> None:
+        self.fingerprint_hash, self.device = fingerprint_hash, device
 
 
 def _frame_refs(entries: Any) -> tuple[list[FrameRef] | None, tuple[int, ...]]:

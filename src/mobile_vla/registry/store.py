@@ -138,6 +138,12 @@ class Registry:
                 f"cannot open the MLflow store at {tracking_uri}: {exc}. Check --tracking-uri / "
                 "MLFLOW_TRACKING_URI, or pass --no-track to work without the registry."
             ) from exc
+        # A writer killed with SIGKILL (or by the OOM killer, or a power cut) could not close its run: every
+        # open closes the runs of this host whose writer is gone, so none stays RUNNING forever.
+        try:
+            self.reconcile_stale_runs()
+        except Exception as exc:  # never a reason to refuse the store
+            logger.warning("registry: could not check for runs left RUNNING by dead processes: %s", exc)
 
     def __repr__(self) -> str:
         return f"Registry({self.tracking_uri!r}, experiment={self.experiment_name!r})"
@@ -174,13 +180,18 @@ class Registry:
         else:
             record = read_run_dir(run_dir) if (run_dir / "config.json").is_file() else RunRecord(run_dir, {})
             record.config = dict(config)
+        from mlflow.entities import RunTag
+
         run_id = self._find_run(run_dir, record.config.get("created"))
+        pid = os.getpid()
+        writer = {"host": socket.gethostname(), "pid": str(pid), "pid_start": _pid_start_time(pid) or ""}
         if run_id is None:
             run_id = self._create_run(record)
         else:
+            # This writer's tags before the status: a store opened in between must not take the reopened run
+            # (whose tags still name its dead previous writer) for an orphan and close it.
+            self.client.log_batch(run_id, tags=[RunTag(tag(k), v) for k, v in writer.items()])
             self.client.update_run(run_id, status="RUNNING")
-        pid = os.getpid()
-        writer = {"host": socket.gethostname(), "pid": str(pid), "pid_start": _pid_start_time(pid) or ""}
         record.summary = {**(record.summary or {}), "status": "running"}
         self._log_fields(run_id, record, extra_tags={tag(k): v for k, v in writer.items()}, epochs=True)
         self._log_artifacts(run_id, record, checkpoint=False)

@@ -215,6 +215,13 @@ MANIFEST = "CURRENT"
 """The file in ``resume/`` naming the sub-directory that holds the last complete resume state."""
 
 
+def has_resume_state(directory: str | Path) -> bool:
+    """True when ``directory`` (``resume/``) holds a complete resume state (a run killed before the end of its
+    first epoch has none: it starts again from the beginning)."""
+    state = resume_state_dir(directory)
+    return (state / "state.json").is_file() and (state / "state.safetensors").is_file()
+
+
 def resume_state_dir(directory: str | Path) -> Path:
     """The directory holding the last complete resume state under ``directory`` (``resume/``).
 

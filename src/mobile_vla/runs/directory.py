@@ -33,19 +33,32 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def write_run_config(run_dir: str | Path, record: Mapping[str, Any]) -> None:
-    (Path(run_dir) / CONFIG).write_text(json.dumps(record, indent=2))
+    """``config.json``, written whole or not at all (a run killed while writing it is no run yet)."""
+    atomic_write_text(Path(run_dir) / CONFIG, json.dumps(record, indent=2))
 
 
 def read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """The ``metrics.jsonl`` rows of epochs ``<= upto_epoch`` (none when the file is missing)."""
+    """The ``metrics.jsonl`` rows of epochs ``<= upto_epoch`` (none when the file is missing).
+
+    A last line that is not JSON is a row whose append was cut by a crash (its epoch is after the resume
+    state's) and is dropped; any other unreadable line is an error naming it.
+    """
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
     return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
 def write_metrics(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(jsonable(r)) + "\n" for r in rows))
+    """Replace ``metrics.jsonl`` atomically (a resume rewrites it: a crash then must not cut rows off)."""
+    atomic_write_text(path, "".join(json.dumps(jsonable(r)) + "\n" for r in rows))
 
 
 def append_metrics(path: Path, row: Mapping[str, Any]) -> None:

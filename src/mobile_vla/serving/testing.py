@@ -4,6 +4,7 @@ robot path end to end). Each is a ``ControlPolicy``; none of them knows how to d
 - :class:`ImageStatsPolicy`: deterministic, reads the image (mean brightness, left/right balance) and the
   instruction's side, so a test can tell whether an answer came from its own request.
 - :class:`NaNPolicy`, :class:`RaisingPolicy`: the two failures the server must turn into a stop.
+- :class:`FlakyPolicy`: like ``ImageStatsPolicy`` but raises on every N-th call (the soak benchmark).
 - :class:`SlowPolicy`: sleeps, and records whether two calls ever overlapped (they must not).
 - :class:`ChunkPolicy`: Case 4-like, ``act_chunk`` returns ``(K, A)`` and counts its calls.
 """
@@ -73,6 +74,28 @@ class RaisingPolicy:
 
     def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
         raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+
+
+class FlakyPolicy(ImageStatsPolicy):
+    """``ImageStatsPolicy`` that raises on every ``every``-th call (1-based), as a model failing now and then."""
+
+    def __init__(self, every: int = 10, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.attempts = 0
+        self.failures = 0
+        self._counter_lock = threading.Lock()
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        with self._counter_lock:
+            self.attempts += 1
+            fail = self.attempts % self.every == 0
+            self.failures += fail
+        if fail:
+            raise RuntimeError(f"simulated model failure (call {self.attempts}, every {self.every}th fails)")
+        return super().act(image, instruction)
 
 
 class SlowPolicy(ImageStatsPolicy):

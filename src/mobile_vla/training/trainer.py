@@ -29,6 +29,7 @@ from mobile_vla.metrics import compute_metrics
 from mobile_vla.policies import FeatureDims, Policy, build_policy, get_case
 from mobile_vla.policies.predict import predict_dataset, progress_bar, to_device
 from mobile_vla.runs.checkpoints import (
+    has_resume_state,
     load_resume_state,
     save_head,
     save_resume_state,
@@ -279,7 +280,10 @@ class Trainer:
             )
         datasets, data_record = self._datasets(policy.action_dims, policy.dataset_kwargs())
         self.datasets = datasets
-        if not self._resuming:
+        # A run killed before its first resume state was written starts again from the beginning, as the
+        # same run (its config.json is kept): from the same seed it does exactly what it would have done.
+        restart = self._resuming and not has_resume_state(run_dir / "resume")
+        if not self._resuming or restart:
             self._set_text_stats(policy, datasets["train"])
 
         trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -294,7 +298,7 @@ class Trainer:
             "wall_time_s": 0.0,
         }
         start_epoch = 0
-        if self._resuming:
+        if self._resuming and not restart:
             state = load_resume_state(
                 run_dir / "resume", model=policy, optimizer=optimizer, scheduler=scheduler
             )
@@ -303,6 +307,9 @@ class Trainer:
             self.history = read_metrics(run_dir / METRICS, upto_epoch=state["epoch"])
             write_metrics(run_dir / METRICS, self.history)
             logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
+        elif restart:
+            logger.info("resuming %s: it stopped before finishing an epoch, starting it again", run_dir)
+            write_metrics(run_dir / METRICS, [])
         else:
             self._run_record = {
                 "case": self.case.name,
@@ -321,8 +328,9 @@ class Trainer:
                 "code_version": code_version_string(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            # metrics.jsonl first: a config.json (written whole or not at all) is what makes this a run.
+            write_metrics(run_dir / METRICS, [])
             write_run_config(run_dir, self._run_record)
-            (run_dir / METRICS).write_text("")
 
         self.optimizer, self.scheduler = optimizer, scheduler
         summary = self._summary("running", counters, start_epoch - 1)
