@@ -27,6 +27,17 @@ SMALL = {
 }  # fmt: skip
 
 
+def features_for(b: int) -> dict[str, torch.Tensor]:
+    """Random features of DIMS' sizes for every case in SMALL (Case 4: 3-frame windows, 2 future frames)."""
+    return {
+        "vision": torch.randn(b, 12),
+        "text": torch.randn(b, 10),
+        "history_tokens": torch.randn(b, 3, 4, 6),
+        "history_mask": torch.ones(b, 3),
+        "future_vision": torch.randn(b, 2, 12),
+    }
+
+
 def test_key_space_holds_the_classes_that_move_only_along_the_predicted_axes():
     planar = KeySpace(("linear_x", "linear_y"))
     assert planar.names == KEY_CLASSES[:9]  # STOP and the eight translations; no rotation without angular_z
@@ -46,13 +57,7 @@ def test_a_keys_head_outputs_logits_commands_a_key_and_learns_by_cross_entropy(c
     policy = create_policy(case, DIMS, action_space="keys", **SMALL[case])
     keys = policy.key_space
     b = 6
-    features = {
-        "vision": torch.randn(b, 12),
-        "text": torch.randn(b, 10),
-        "history_tokens": torch.randn(b, 3, 4, 6),
-        "history_mask": torch.ones(b, 3),
-        "future_vision": torch.randn(b, 2, 12),
-    }
+    features = features_for(b)
     outputs = policy(features)
     assert outputs["action_logits"].shape == (b, keys.num_classes) and outputs["action"].shape == (b, 2)
     # The command is the arg-max class's velocity: every row is one of the key commands.
@@ -102,13 +107,7 @@ def test_case4s_state_loss_has_no_trivial_zero():
         linear.weight.zero_()
         linear.bias.copy_(torch.randn_like(linear.bias))
     b = 4
-    features = {
-        "vision": torch.randn(b, 12),
-        "text": torch.randn(b, 10),
-        "history_tokens": torch.randn(b, 3, 4, 6),
-        "history_mask": torch.ones(b, 3),
-        "future_vision": torch.randn(b, 2, 12),
-    }
+    features = features_for(b)
     outputs = policy(features)
     batch = {"action": torch.zeros(b, 2), "action_chunk": torch.zeros(b, 3, 2), "action_chunk_mask": torch.ones(b, 3)}  # fmt: skip
     _, logs = policy.compute_loss(outputs, batch)

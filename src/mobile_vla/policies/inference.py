@@ -11,10 +11,8 @@ features exactly the same way. It knows nothing of training, evaluation or the r
 
 from __future__ import annotations
 
-import io
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from mobile_vla.runs.checkpoints import load_head
 from mobile_vla.runs.directory import read_run_config
 from mobile_vla.runs.uris import URI_RESOLVERS, resolve_run_dir  # noqa: F401  (re-exported, old path)
 from mobile_vla.utils.device import resolve_device
+from mobile_vla.utils.images import decode_image
 
 CHECKPOINTS = ("best", "last")
 
@@ -131,15 +130,13 @@ class InferencePolicy:
         self.device = device
         self.action_dims: tuple[str, ...] = tuple(record["action_dims"])
         self.timings: dict[str, float] = {}
-        self._history: deque[Image.Image] = deque(maxlen=max(self.history_length, 1))
         # Heads that ask for ``history_*`` features (Case 4) get them from per-frame features, each frame
         # encoded once when it arrives, and a padding mask, as the window dataset gives them in training.
-
         self._per_frame_history = self.history_length > 1 and any(
             name in HISTORY_FEATURES for name in self.policy.required_features
         )
-        self._frames = FrameHistory(self.history_length)
-        self._slot_histories: dict[int, FrameHistory] = {}  # act_slots: one history per episode slot
+        # One frame history per episode: `act` drives the episode in slot None, `act_slots` any others.
+        self._histories: dict[Hashable, FrameHistory] = {None: FrameHistory(self.history_length)}
 
     @property
     def case(self) -> str:
@@ -168,8 +165,7 @@ class InferencePolicy:
 
     def reset(self) -> None:
         """Start a new episode: forget the frame history (a no-op for single-frame cases)."""
-        self._history.clear()
-        self._frames.clear()
+        self.reset_slots([None])
 
     def observe(self, image: np.ndarray | Image.Image) -> None:
         """Add a frame to the episode's history without predicting (e.g. a step answered from a stored
@@ -177,29 +173,22 @@ class InferencePolicy:
         if self.history_length == 1:
             return
 
-        frame = to_pil(image)
-        if self._per_frame_history:
-            self._frames.push(frame)
-        else:
-            self._history.append(frame)
+        self._histories[None].push(to_pil(image))  # its features are computed when a window needs them
 
     def act(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
         """One velocity command ``(A,)`` (float32) for the next frame of the current episode."""
-        return self._step(image, instruction)["action"][0]
+        return self._step_one(image, instruction)["action"][0]
 
     def act_chunk(self, image: np.ndarray | Image.Image, instruction: str) -> np.ndarray:
         """The next ``K`` commands ``(K, A)`` for chunking cases (``outputs["action_chunk"]``)."""
-        outputs = self._step(image, instruction)
+        outputs = self._step_one(image, instruction)
         if "action_chunk" not in outputs:
             raise NotImplementedError(f"{self.case} predicts one action per step, not a chunk; use act()")
         return outputs["action_chunk"][0]
 
     def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
         """``act`` on encoded image bytes (PNG/JPEG), timing the decode too."""
-        start = time.perf_counter()
-        with Image.open(io.BytesIO(image_bytes)) as im:
-            image = im.convert("RGB")
-        decode_ms = (time.perf_counter() - start) * 1e3
+        image, decode_ms = decode_image(image_bytes)
         action = self.act(image, instruction)
         self.timings["decode_ms"] = decode_ms
         self.timings["total_ms"] += decode_ms
@@ -217,93 +206,73 @@ class InferencePolicy:
         inputs: list[Any] = pil if self.history_length == 1 else [[im] * self.history_length for im in pil]
         return self._forward(inputs, list(instructions), t0)["action"]
 
-    def reset_slots(self, slots: Sequence[int]) -> None:
+    def _step_one(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        return self._step([to_pil(image)], [instruction], [None], t0)
+
+    def reset_slots(self, slots: Sequence[Hashable]) -> None:
         """Start new episodes in ``slots`` for ``act_slots`` (their frame histories are forgotten)."""
         for slot in slots:
-            self._slot_histories[slot] = FrameHistory(max(self.history_length, 1))
+            self._histories[slot] = FrameHistory(self.history_length)
 
     def act_slots(
-        self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str], slots: Sequence[int]
+        self,
+        images: Sequence[np.ndarray | Image.Image],
+        instructions: Sequence[str],
+        slots: Sequence[Hashable],
     ) -> np.ndarray:
         """``(B, A)`` commands for the next frame of the episodes in ``slots``, in one batch.
 
         Row i depends only on episode ``slots[i]``'s own frames: single-frame cases see one frame, history
-        cases the last W frames of that episode (front-padded at its start, exactly as ``act`` does), so
-        stepping episodes side by side gives the same commands as stepping them one at a time."""
+        cases the last W frames of that episode (front-padded at its start), exactly as ``act`` steps one
+        episode; stepping episodes side by side gives the same commands as stepping them one at a time."""
         if not len(images) == len(instructions) == len(slots):
             raise ValueError(
                 f"got {len(images)} images, {len(instructions)} instructions, {len(slots)} slots"
             )
-
-        t0 = time.perf_counter()
-        frames = [to_pil(im) for im in images]
-        if self.history_length == 1:
-            return self._forward(frames, list(instructions), t0)["action"]
-        histories = self._slot_histories
-        unknown = [s for s in slots if s not in histories]
+        unknown = [s for s in slots if s not in self._histories]
         if unknown:
             raise KeyError(f"slots {unknown} were never started; call reset_slots first")
-        if not self._per_frame_history:
+        t0 = time.perf_counter()
+        frames = [to_pil(im) for im in images]
+        return self._step(frames, list(instructions), list(slots), t0)["action"]
+
+    def _step(
+        self, frames: list[Image.Image], instructions: list[str], slots: list[Hashable], t0: float
+    ) -> dict[str, np.ndarray]:
+        """One step of the episodes in ``slots``: push each new frame into its episode's history, run the
+        head on the batch of windows."""
+        if self.history_length == 1:
+            return self._forward(frames, instructions, t0)
+        histories = [self._histories[slot] for slot in slots]
+        if not self._per_frame_history:  # the window's images go through the provider
             windows = []
-            for frame, slot in zip(frames, slots, strict=True):
-                history = histories[slot]
+            for frame, history in zip(frames, histories, strict=True):
                 history.push(frame)
-                windows.append(
-                    [history.frames[0]] * (self.history_length - len(history.frames)) + history.frames
-                )
-            return self._forward(windows, list(instructions), t0)["action"]
+                windows.append(pad_history(history.frames, self.history_length)[0])
+            return self._forward(windows, instructions, t0)
+        # Cases that ask for `history_*` features: each new frame's features are computed once (in one batch),
+        # the windows are assembled from the stored ones (front-padded, with their masks).
         t1 = time.perf_counter()
         names = tuple(self.policy.required_features)
         windowed = [n for n in names if n in HISTORY_FEATURES]
         per_frame = sorted({HISTORY_FEATURES[n] for n in windowed})
         current = [n for n in names if n not in HISTORY_FEATURES and n != "history_mask"]
         computed = self.provider(
-            {"image": frames, "text": list(instructions)}, list(dict.fromkeys(current + per_frame))
+            {"image": frames, "text": instructions}, list(dict.fromkeys(current + per_frame))
         )
-        stacked: dict[str, list[torch.Tensor]] = {n: [] for n in per_frame}
-        masks = []
-        for i, slot in enumerate(slots):
-            histories[slot].push(frames[i], {n: computed[n][i] for n in per_frame})
-            window, mask = histories[slot].window(self.provider, per_frame)
-            for n in per_frame:
-                stacked[n].append(window[n])
+        windows, masks = [], []
+        for i, history in enumerate(histories):
+            history.push(frames[i], {n: computed[n][i] for n in per_frame})
+            window, mask = history.window(self.provider, per_frame)
+            windows.append(window)
             masks.append(mask)
         features = {n: computed[n] for n in current}
-        features.update({n: torch.stack(stacked[HISTORY_FEATURES[n]]) for n in windowed})  # (B, W, ...)
+        features.update(
+            {n: torch.stack([w[HISTORY_FEATURES[n]] for w in windows]) for n in windowed}
+        )  # (B, W, ...)
         if "history_mask" in names:
             features["history_mask"] = torch.stack(masks)  # (B, W)
-        return self._run_head(features, t0, t1)["action"]
-
-    def _step(self, image: np.ndarray | Image.Image, instruction: str) -> dict[str, np.ndarray]:
-
-        t0 = time.perf_counter()
-        frame = to_pil(image)
-        if self.history_length == 1:
-            return self._forward([frame], [instruction], t0)
-        if self._per_frame_history:
-            return self._step_per_frame(frame, instruction, t0)
-        self._history.append(frame)
-        window, _ = pad_history(list(self._history), self.history_length)  # pad the episode start
-        return self._forward([window], [instruction], t0)
-
-    def _step_per_frame(self, frame: Image.Image, instruction: str, t0: float) -> dict[str, np.ndarray]:
-        """One step of a case that asks for ``history_*`` features: the new frame's features are computed
-        once, the window is assembled from the stored ones (front-padded, with its mask)."""
-
-        t1 = time.perf_counter()
-        names = tuple(self.policy.required_features)
-        windowed = [n for n in names if n in HISTORY_FEATURES]
-        per_frame = sorted({HISTORY_FEATURES[n] for n in windowed})
-        current = [n for n in names if n not in HISTORY_FEATURES and n != "history_mask"]
-        computed = self.provider(
-            {"image": [frame], "text": [instruction]}, list(dict.fromkeys(current + per_frame))
-        )
-        self._frames.push(frame, {n: computed[n][0] for n in per_frame})
-        window, mask = self._frames.window(self.provider, per_frame)
-        features = {n: computed[n] for n in current}
-        features.update({n: window[HISTORY_FEATURES[n]][None] for n in windowed})  # (1, W, ...)
-        if "history_mask" in names:
-            features["history_mask"] = mask[None]  # (1, W)
         return self._run_head(features, t0, t1)
 
     def _forward(self, images: list[Any], instructions: list[str], t0: float) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT providers ``providers=`` se
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from mobile_vla.utils.files import sha256_file
+from mobile_vla.utils.images import decode_image
 
 FORMAT = "mobile-vla-onnx"
 SIDECAR = "model.json"
@@ -196,10 +196,7 @@ class OnnxPolicy:
         return self.act_batch(images, instructions)
 
     def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
-        start = time.perf_counter()
-        with Image.open(io.BytesIO(image_bytes)) as im:
-            image = im.convert("RGB")
-        decode_ms = (time.perf_counter() - start) * 1e3
+        image, decode_ms = decode_image(image_bytes)
         action = self.act(image, instruction)
         self.timings["decode_ms"] = decode_ms
         self.timings["total_ms"] += decode_ms
