@@ -20,6 +20,8 @@ Preprocessing choices (recorded in the fingerprint):
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ from mobile_vla.backbones.base import (
     quiet_transformers,
     register_backbone,
 )
+from mobile_vla.backbones.vision_runtime import FrozenImageModule, requested_runtime
+from mobile_vla.utils.memo import BoundedMemo
 
 EFFICIENTNET_NAME = "efficientnet-lite0"
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -63,10 +67,19 @@ def minilm_dir() -> Path:
     return Path(get_model_path())
 
 
+def resized_frames(images: list[Image.Image], size: int) -> list[np.ndarray]:
+    """Each frame resized to (size, size, 3) uint8, whole frame (bicubic, no crop)."""
+    return [np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8) for img in images]
+
+
 def lite_pixels(images: list[Image.Image], size: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
     """(B, 3, size, size) EfficientNet-Lite input: whole frame resized (bicubic, no crop), TF-Lite mean/std."""
-    arrays = [np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.uint8) for img in images]
-    pixels = torch.from_numpy(np.stack(arrays)).to(device)  # (B, H, W, 3) uint8
+    return normalised_pixels(np.stack(resized_frames(images, size)), device, dtype)
+
+
+def normalised_pixels(frames: np.ndarray, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised with the TF-Lite mean/std, in ``dtype`` on ``device``."""
+    pixels = torch.from_numpy(frames).to(device)  # (B, H, W, 3) uint8
     pixels = pixels.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
     mean = torch.tensor(LITE_MEAN, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(LITE_STD, device=pixels.device).view(1, 3, 1, 1)
@@ -89,17 +102,94 @@ def load_efficientnet_lite0() -> torch.nn.Module:
     return model
 
 
+class EfficientNetFeatureMap(torch.nn.Module):
+    """``forward(pixels) = net.extract_features(pixels)``: the (B, 1280, 7, 7) map, as a plain module."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels)
+
+
+FRAME_MEMO_SIZE = 64  # feature maps kept by image content: one lockstep batch twice over
+
+
+class LiteVision:
+    """The frozen EfficientNet-Lite0 image tower, one per (device, dtype, runtime) in a process (`shared_lite_vision`).
+
+    The ``lite`` backbone's image features and Case 2's reference embedding are both read off this one map of
+    the same frame, so both share it: ``feature_maps`` keeps the last `FRAME_MEMO_SIZE` maps by the content
+    of the resized frame (a 128-bit BLAKE2 digest of its pixels), and the second encoder's pass over a frame
+    the first has just seen costs a lookup instead of a forward pass. The executor is torch or onnxruntime
+    (`vision_runtime.FrozenImageModule`).
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, runtime: str | None = None) -> None:
+        self.net = freeze(load_efficientnet_lite0()).to(device, dtype)
+        self.device = device
+        self.dtype = dtype
+        self.image_size = int(self.net._global_params.image_size)
+        self.channels = int(self.net._bn1.num_features)
+        self.executor = FrozenImageModule(
+            freeze(EfficientNetFeatureMap(self.net)),
+            name=f"{EFFICIENTNET_NAME}-features",
+            identity={"weights_sha256": file_sha256(efficientnet_weights_path())},
+            image_size=self.image_size,
+            device=device,
+            dtype=dtype,
+            runtime=runtime,
+        )
+        self._memo: BoundedMemo[bytes, torch.Tensor] = BoundedMemo(FRAME_MEMO_SIZE)
+
+    @property
+    def runtime(self) -> str:
+        return self.executor.runtime
+
+    def feature_maps(self, images: list[Image.Image]) -> torch.Tensor:
+        """(B, 1280, 7, 7) float32 on ``device``: the final map of each frame (resized to 224, normalised)."""
+        arrays = resized_frames(images, self.image_size)
+        keys = [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in arrays]
+        found = {key: self._memo.get(key) for key in keys}
+        missing = [key for key, value in found.items() if value is None]  # distinct, in order
+        if missing:
+            first = {key: keys.index(key) for key in missing}
+            pixels = normalised_pixels(np.stack([arrays[first[k]] for k in missing]), self.device, self.dtype)
+            maps = self.executor(pixels).to(self.device).float()  # (M, C, 7, 7)
+            for j, key in enumerate(missing):
+                found[key] = self._memo.put(key, maps[j])
+        return torch.stack([found[key] for key in keys])
+
+
+_SHARED_VISION: dict[tuple[str, str, str], LiteVision] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_lite_vision(device: torch.device, dtype: torch.dtype, runtime: str | None = None) -> LiteVision:
+    """The process's one `LiteVision` for this device, dtype and requested runtime (built on first use)."""
+    key = (str(device), str(dtype), requested_runtime(runtime))
+    with _SHARED_LOCK:
+        if key not in _SHARED_VISION:
+            _SHARED_VISION[key] = LiteVision(device, dtype, runtime)
+        return _SHARED_VISION[key]
+
+
 class LiteBackbone(Backbone):
     """EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, both frozen; see the module docstring."""
 
-    def __init__(self, *, device: str = "auto", dtype: str = "fp32") -> None:
+    def __init__(self, *, device: str = "auto", dtype: str = "fp32", runtime: str | None = None) -> None:
         super().__init__(device=device, dtype=dtype)
         self.profile = "lite"
         self.pretrained = True
 
-        self.vision = freeze(load_efficientnet_lite0()).to(self.device, self.torch_dtype)
-        self.image_size = int(self.vision._global_params.image_size)
-        self.vision_dim = int(self.vision._bn1.num_features)  # channels of the final map = pooled size
+        self.tower = shared_lite_vision(self.device, self.torch_dtype, runtime)
+        self.vision = self.tower.net
+        self.vision_runtime = (
+            self.tower.runtime
+        )  # torch | onnxruntime: the executor (cache namespace, reports)
+        self.image_size = self.tower.image_size
+        self.vision_dim = self.tower.channels  # channels of the final map = pooled size
         self.token_dim = self.vision_dim
         grid = self.vision.feature_output_image_size  # (7, 7) for 224 input
         grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
@@ -121,7 +211,7 @@ class LiteBackbone(Backbone):
         return lite_pixels(images, self.image_size, self.device, self.torch_dtype)
 
     def _encode_images_with_tokens(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.vision.extract_features(self.preprocess(images))  # (B, C, 7, 7)
+        fmap = self.tower.feature_maps(images)  # (B, C, 7, 7)
         pooled = fmap.float().mean(dim=(2, 3))  # (B, C): what the ImageNet classifier reads
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, 49, C), row-major
         return pooled, tokens
@@ -192,5 +282,5 @@ class LiteBackbone(Backbone):
 
 
 @register_backbone("lite")
-def _lite(*, device: str = "auto", dtype: str = "fp32") -> LiteBackbone:
-    return LiteBackbone(device=device, dtype=dtype)
+def _lite(*, device: str = "auto", dtype: str = "fp32", runtime: str | None = None) -> LiteBackbone:
+    return LiteBackbone(device=device, dtype=dtype, runtime=runtime)

@@ -24,14 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobile_vla.backbones.base import as_pil_images, file_sha256, freeze, resolve_device, short_hash
+from mobile_vla.backbones.base import as_pil_images, file_sha256, resolve_device, short_hash
 from mobile_vla.backbones.lite import (
     EFFICIENTNET_NAME,
     LITE_MEAN,
     LITE_STD,
     efficientnet_weights_path,
-    lite_pixels,
-    load_efficientnet_lite0,
+    shared_lite_vision,
 )
 
 REFERENCE_IMAGE_NAME = EFFICIENTNET_NAME
@@ -56,19 +55,20 @@ class ReferenceImageEncoder:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.fallback: dict[str, str] | None = None
-        self.model = freeze(load_efficientnet_lite0()).to(self.device)
-        self.image_size = int(self.model._global_params.image_size)
-        self.dim = int(self.model._bn1.num_features)
+        # The same tower as the `lite` backbone's, shared in the process: a frame both encode is run once.
+        self.tower = shared_lite_vision(self.device, torch.float32)
+        self.model = self.tower.net
+        self.vision_runtime = self.tower.runtime
+        self.image_size = self.tower.image_size
+        self.dim = self.tower.channels
 
     def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """(B, 1280) spatially averaged final feature map, float32 on ``device``."""
         pil = as_pil_images(images)
         if not pil:
             return torch.zeros(0, self.dim, device=self.device)
-        pixels = lite_pixels(pil, self.image_size, self.device, torch.float32)  # (B, 3, 224, 224)
-        with torch.no_grad():
-            fmap = self.model.extract_features(pixels)  # (B, 1280, 7, 7)
-        return fmap.float().mean(dim=(2, 3))  # (B, 1280)
+        fmap = self.tower.feature_maps(pil)  # (B, 1280, 7, 7)
+        return fmap.mean(dim=(2, 3))  # (B, 1280)
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:

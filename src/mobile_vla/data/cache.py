@@ -233,6 +233,8 @@ def feature_namespace(encoder: Any, *, code: Sequence[Any] = ()) -> tuple[str, d
         "fingerprint_hash": str(encoder.fingerprint_hash),
         "dtype": str(getattr(encoder, "dtype", None)),
         "device_type": torch.device(getattr(encoder, "device", None) or "cpu").type,
+        # the executor (torch | onnxruntime, `backbones.vision_runtime`): same function, other float rounding
+        "runtime": getattr(encoder, "vision_runtime", None),
         "versions": library_versions(),
         "processors": _processor_classes(encoder),
         "code": source_digest(type(encoder), *code),

@@ -27,11 +27,18 @@ class BoundedMemo(Generic[K, V]):
             if key in self._values:
                 found[key] = self._values[key]
                 continue
-            value = compute_one(key)
-            if len(self._values) >= self.size:
-                self._values.pop(next(iter(self._values)))
-            self._values[key] = found[key] = value
+            found[key] = self.put(key, compute_one(key))
         return [found[key] for key in keys]
+
+    def get(self, key: K) -> V | None:
+        return self._values.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        """Keep ``value`` under ``key`` (dropping the oldest when full); returns ``value``."""
+        if key not in self._values and len(self._values) >= self.size:
+            self._values.pop(next(iter(self._values)))
+        self._values[key] = value
+        return value
 
     def clear(self) -> None:
         self._values.clear()
