@@ -77,6 +77,14 @@ def register(subparsers) -> None:
     collect.add_argument(
         "--frames", type=int, default=18, help="frames per episode incl. episode_start (default 18)"
     )
+    collect.add_argument(
+        "--mix",
+        default=None,
+        metavar="KEY=W,...",
+        help="draw scenarios in proportion to weights per factor value instead of evenly, e.g. "
+        "'left=3,right=1,core=4,variant=1' (keys: left/right, core/variant, close/medium/far, vert/hori, "
+        "1box/2box; a scenario's weight is the product): a deliberately imbalanced dataset",
+    )
     _add_sim_options(collect)
     collect.set_defaults(func=_collect)
 
@@ -130,6 +138,7 @@ def _collect(args: argparse.Namespace) -> int:
             style=args.style,
             frames=args.frames,
             config=_config(args),
+            mix=args.mix,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,82 @@ def record_episode(
     return np.stack(images), np.asarray(actions, dtype=np.float32), events, env.outcome()
 
 
+MIX_FACTORS = ("side", "pattern", "distance", "layout", "boxes")
+
+
+def parse_mix(text: str | Mapping[str, float] | None) -> dict[str, float]:
+    """``"left=3,right=1,core=4,variant=1"`` -> ``{"left": 3.0, ...}`` (a mapping is checked and copied).
+
+    A key is a value of one scenario factor (`MIX_FACTORS`: side left/right, pattern core/variant, distance
+    close/medium/far, layout vert/hori, boxes 1box/2box); a weight is a number > 0."""
+    if text is None:
+        return {}
+    items = (
+        text.items()
+        if isinstance(text, Mapping)
+        else (
+            part.split("=", 1) if "=" in part else (part, "") for part in str(text).split(",") if part.strip()
+        )
+    )
+    known = {v: f for f, values in _FACTOR_VALUES.items() for v in values}
+    mix: dict[str, float] = {}
+    for key, value in items:
+        key = str(key).strip()
+        if key not in known:
+            raise ValueError(
+                f"mix: unknown key {key!r}; expected values of {', '.join(MIX_FACTORS)}: {sorted(known)}"
+            )
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"mix: {key}={value!r} is not a number") from None
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"mix: {key}={value!r} must be a finite number > 0")
+        mix[key] = weight
+    return mix
+
+
+_FACTOR_VALUES = {
+    "side": ("left", "right"),
+    "pattern": ("core", "variant"),
+    "distance": ("close", "medium", "far"),
+    "layout": ("vert", "hori"),
+    "boxes": ("1box", "2box"),
+}
+
+
+def scenario_weight(scenario: Scenario, mix: Mapping[str, float]) -> float:
+    """The product of `mix`'s weights of the scenario's factor values (1 for a value not in `mix`)."""
+    values = (scenario.side, scenario.pattern, scenario.distance, scenario.layout, f"{scenario.num_boxes}box")
+    weight = 1.0
+    for value in values:
+        weight *= float(mix.get(str(value), 1.0))
+    return weight
+
+
+def mixed_schedule(
+    scenarios: Sequence[Scenario], episodes: int, mix: Mapping[str, float], seed: int = 0
+) -> list[Scenario]:
+    """`episodes` scenarios drawn in proportion to `scenario_weight`, deterministically for a seed and
+    interleaved (smooth weighted round-robin over a seeded order of the scenarios: each scenario's count is
+    within one of its share, and consecutive episodes spread over the scenarios rather than coming in blocks).
+    With an empty mix: the scenarios in order, cycled."""
+    if not mix:
+        return [scenarios[i % len(scenarios)] for i in range(episodes)]
+    order = np.random.default_rng([seed, 0x6D6978]).permutation(len(scenarios))
+    scenarios = [scenarios[i] for i in order]
+    weights = [scenario_weight(s, mix) for s in scenarios]
+    total = sum(weights)
+    credit = [0.0] * len(scenarios)
+    out: list[Scenario] = []
+    for _ in range(episodes):
+        credit = [c + w for c, w in zip(credit, weights, strict=True)]
+        best = max(range(len(scenarios)), key=lambda i: credit[i])
+        credit[best] -= total
+        out.append(scenarios[best])
+    return out
+
+
 def collect_episodes(
     out_dir: str | Path,
     episodes: int,
@@ -83,9 +159,12 @@ def collect_episodes(
     config: SimConfig | None = None,
     max_attempts: int = 3,
     progress: bool = True,
+    mix: str | Mapping[str, float] | None = None,
 ) -> CollectionReport:
     """Write `episodes` expert episodes to `out_dir`, cycling through the requested scenarios in order (so
-    every scenario gets `episodes / len(scenarios)` episodes, give or take one).
+    every scenario gets `episodes / len(scenarios)` episodes, give or take one); with `mix` (see `parse_mix`,
+    e.g. ``left=3,right=1,core=4,variant=1``) in proportion to its weights instead (`mixed_schedule`): a
+    deliberately imbalanced dataset, as real collections are.
 
     A layout the expert fails on (rare; see the expert's success rate) is replaced by a fresh one, up to
     `max_attempts` times; the report counts them.
@@ -97,6 +176,7 @@ def collect_episodes(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = resolve_scenarios(scenarios)
+    schedule = mixed_schedule(chosen, episodes, parse_mix(mix), seed)
     config = config or SimConfig()
     env = LabEnv(config)
     expert = ExpertPolicy(env, style=style, seed=seed)
@@ -104,7 +184,7 @@ def collect_episodes(
     started = time.perf_counter()
     try:
         for index in tqdm(range(episodes), desc="collect", unit="episode", disable=not progress):
-            scenario = chosen[index % len(chosen)]
+            scenario = schedule[index]
             for attempt in range(max_attempts):
                 layout_seed = episode_seed(seed, index, "collect", attempt)
                 images, actions, events, outcome = record_episode(env, expert, scenario, layout_seed, frames)

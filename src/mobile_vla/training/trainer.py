@@ -287,7 +287,7 @@ class Trainer:
             self._set_text_stats(policy, datasets["train"])
 
         trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=cfg.scheduler_t_max, eta_min=cfg.scheduler_eta_min
         )

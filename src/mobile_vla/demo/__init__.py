@@ -46,7 +46,17 @@ class DemoPlan:
             labels of one image conflict; a policy that learns "stop" on the start view never moves (the
             frame does not change while it stands still). The seed trained on it.
         eval_lockstep: closed-loop episodes stepped side by side, the backbone batched over them.
-        eval_threads: torch threads for the closed-loop evaluation (the backbone runs there, uncached).
+        eval_threads: torch (and onnxruntime) threads of each worker's closed-loop evaluation.
+        workers: trainings and evaluations run as jobs in this many worker processes at once (one thread
+            each: the heads are small, and two processes keep two cores busier than one process with two
+            threads). 1 runs every job in the demo's own process.
+        comparisons: run the two comparisons on the champion's case after the ranking (see `comparison_*`):
+            its other action space (`continuous` vs `keys`) on the same data, and `uniform` vs `balanced`
+            sampling on a deliberately imbalanced dataset.
+        imbalanced_episodes, imbalanced_mix: the imbalanced dataset (`sim.collect.parse_mix` weights).
+        comparison_epochs: epoch cap of the two sampling runs (both get the same budget; the action-space
+            run is trained exactly like the champion).
+        comparison_closed_loop_episodes: closed-loop episodes of each sampling run, on balanced held-out seeds.
         image_size: simulator camera resolution (the `lite` backbone resizes to 224 anyway).
         backbone: the backbone profile (`lite`: real pretrained weights that install offline).
     """
@@ -57,12 +67,18 @@ class DemoPlan:
     frame_selection: str = "all"
     drop_start_frame: bool = True
     eval_lockstep: int = 16
-    eval_threads: int = 2
+    eval_threads: int = 1
+    workers: int = 2
     image_size: int = 224
     backbone: str = "lite"
     data_seed: int = 0
     eval_seed: int = 10_000
     cases: tuple[str, ...] = ()  # empty: every registered case (``mobile-vla describe --list``)
+    comparisons: bool = True
+    imbalanced_episodes: int = 48
+    imbalanced_mix: str = "left=3,right=1,core=4,variant=1"
+    comparison_epochs: int = 10
+    comparison_closed_loop_episodes: int = 96
     # Per-case departures (each listed in the report with `reasons`; the diagnosis is in docs/DRIVING.md).
     overrides: dict[str, Any] = field(
         default_factory=lambda: {
@@ -72,7 +88,6 @@ class DemoPlan:
                 "batch_size": 32,
                 "lr": 1e-3,
                 "epochs": 10,
-                "torch_threads": 2,
             },
         }
     )
@@ -96,13 +111,12 @@ class DemoPlan:
             "case4.lr": "see batch_size.",
             "case4.epochs": "the demo's budget for Case 4 (~10x Case 1's cost per sample even without the "
             "resampler).",
-            "case4.torch_threads": "Case 4's 15 M-parameter head is large enough to use both cores.",
         }
     )
 
-    def train_config(self, case: str) -> Any:
+    def train_config(self, case: str, extra: dict[str, Any] | None = None) -> Any:
         """The `TrainConfig` the demo trains `case` with: its preset, then the demo's settings, then
-        `overrides[case]`."""
+        `overrides[case]`, then `extra` (a comparison's one change; `policy` fields merge)."""
         from mobile_vla.training.config import resolve_train_config
 
         preset = resolve_train_config(case, None, {})
@@ -113,6 +127,11 @@ class DemoPlan:
             "epochs": min(preset.epochs, self.epochs),
         }
         overrides.update(self.overrides.get(case, {}))
+        for key, value in (extra or {}).items():
+            if key == "policy":
+                overrides["policy"] = {**overrides.get("policy", {}), **value}
+            else:
+                overrides[key] = value
         return resolve_train_config(case, None, overrides)
 
     @staticmethod
@@ -138,7 +157,16 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> DemoPlan:
         """A few minutes on 2 CPU cores: for CI and a first look; its numbers rest on few samples."""
-        plan = cls(episodes=24, closed_loop_episodes=8, epochs=2, image_size=96)
+        plan = cls(
+            episodes=24,
+            closed_loop_episodes=8,
+            epochs=2,
+            image_size=96,
+            imbalanced_episodes=16,
+            comparison_epochs=1,
+            comparison_closed_loop_episodes=8,
+        )
+        plan.overrides["case3"]["epochs"] = 2
         plan.overrides["case4"]["epochs"] = 1
         return plan
 
@@ -164,39 +192,36 @@ def run_demo(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    summary: dict[str, Any] = {"plan": asdict(plan), "out": str(out), "cases": {}}
-
-    import torch
+    summary: dict[str, Any] = {"plan": asdict(plan), "out": str(out), "cases": {}, "stages": {}}
+    steps = 8 if plan.comparisons else 7
 
     from mobile_vla.backbones import create_backbone
-    from mobile_vla.data import EpisodeDataset, validate_episode
-    from mobile_vla.data.cache import build_cache
+    from mobile_vla.data import validate_episode
     from mobile_vla.data.validation import find_episode_files
-    from mobile_vla.evaluation.evaluate import evaluate_run
-    from mobile_vla.policies import load_policy
+    from mobile_vla.demo.comparisons import run_comparisons
+    from mobile_vla.demo.jobs import (
+        JobPool,
+        cache_features,
+        collect_and_cache_job,
+        collect_data,
+        evaluate_job,
+        expert_job,
+        fmt_rate,
+        train_job,
+    )
     from mobile_vla.registry import default_tracking_uri, open_registry
     from mobile_vla.registry.report import write_report
-    from mobile_vla.sim.collect import collect_episodes
-    from mobile_vla.sim.env import SimConfig
-    from mobile_vla.sim.evaluate import evaluate_closed_loop
-    from mobile_vla.training.trainer import Trainer
 
     data_dir = out / "episodes"
-    sim_config = SimConfig(image_size=(plan.image_size, plan.image_size))
-
-    t = _step(f"1/6 collecting {plan.episodes} simulated expert episodes over 8 scenarios -> {data_dir}")
-    existing = find_episode_files(data_dir) if data_dir.exists() else []
-    if len(existing) >= plan.episodes:
-        print(f"   reusing {len(existing)} episodes already there")
-    else:
-        report = collect_episodes(
-            data_dir, plan.episodes, seed=plan.data_seed, config=sim_config, progress=progress
-        )
-        summary["collection"] = {"episodes": plan.episodes, "seconds": round(time.perf_counter() - t, 1)}
-        logger.debug("collection report: %s", report)
+    t = _step(
+        f"1/{steps} collecting {plan.episodes} simulated expert episodes over 8 scenarios -> {data_dir}"
+    )
+    summary["collection"] = collect_data(
+        data_dir, plan.episodes, plan.data_seed, plan.image_size, None, progress
+    )
     _done(t)
 
-    t = _step("2/6 validating episodes")
+    t = _step(f"2/{steps} validating episodes")
     reports = [validate_episode(p) for p in find_episode_files(data_dir)]
     bad = [r for r in reports if not r.ok]
     print(f"   {len(reports) - len(bad)} of {len(reports)} episodes valid")
@@ -207,107 +232,119 @@ def run_demo(
     summary["validation"] = {"episodes": len(reports), "invalid": len(bad)}
     _done(t)
 
-    t = _step(f"3/6 building the frozen-feature cache ({plan.backbone} backbone)")
+    t = _step(f"3/{steps} building the frozen-feature cache ({plan.backbone} backbone)")
     backbone = create_backbone(plan.backbone, device="auto")
-    episodes = EpisodeDataset(data_dir).episodes
-    stats = build_cache(backbone, episodes, kinds=("vision", "image_tokens"), progress=progress)
-    print(f"   {stats}")
+    print(f"   vision tower runs on {getattr(backbone, 'vision_runtime', 'torch')}")
+    print(f"   {cache_features(backbone, data_dir, progress)}")
+    summary["stages"]["cache"] = round(time.perf_counter() - t, 1)
     _done(t)
 
     # The registry lives with the demo's output, never in whatever directory the user happens to be in.
     registry = open_registry(default_tracking_uri(out))
-    t = _step(f"4/6 training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs)")
-    run_dirs: dict[str, Path] = {}
-    configs: dict[str, Any] = {}
-    for case in plan.cases:
-        # Heads are small: one thread avoids OpenMP overhead on tiny tensors (the backbone work, already
-        # cached, is what would use more).
-        config = plan.train_config(case)
-        configs[case] = config
-        run_dir = out / "runs" / case
-        print(
-            f"   - {case}: {config.epochs} epochs max, patience {config.early_stopping_patience}", flush=True
-        )
-        trainer = Trainer(
-            config,
-            data_dir,
-            run_dir,
-            backbone=backbone,
-            callbacks=[registry.training_callback()],
-            progress=progress,
-        )
-        threads = torch.get_num_threads()
-        torch.set_num_threads(config.torch_threads or 1)
-        try:
-            result = trainer.fit()
-        finally:
-            torch.set_num_threads(threads)
-        run_dirs[case] = run_dir
-        summary["cases"][case] = {
-            "run_dir": str(run_dir),
-            "status": result["status"],
-            "epochs": result.get("epochs_completed"),
-        }
-    _done(t)
-
-    t = _step("5/6 evaluating: offline (test split) and closed loop (held-out simulator seeds)")
-    for case, run_dir in run_dirs.items():
-        offline = evaluate_run(run_dir, data_dir, "test", backbone=backbone, progress=False)
-        registry.log_evaluation(run_dir, "test", offline)
-        policy = load_policy(run_dir, backbone=backbone)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(plan.eval_threads)
-        try:
-            closed = evaluate_closed_loop(
-                policy,
-                episodes=plan.closed_loop_episodes,
-                seed=plan.eval_seed,
-                config=sim_config,
-                progress=progress,
-                policy_name=case,
-                lockstep=plan.eval_lockstep,
-            )
-        finally:
-            torch.set_num_threads(threads)
-        registry.log_closed_loop(run_dir, closed)
-        m, ci = offline["metrics"], offline["intervals"]
-        rate = closed["success_rate"]
-        print(
-            f"   {case}: test MAE {m['mae']:.3f} [{ci['mae'][0]:.3f}, {ci['mae'][1]:.3f}]"
-            f" (n={offline['n_frames']} frames from {offline['n_episodes']} episodes,"
-            " by-episode bootstrap)"
-            f" | closed-loop success {_fmt_rate(closed)}",
-            flush=True,
-        )
-        summary["cases"][case].update(
-            test_mae=m["mae"],
-            test_mae_interval=ci["mae"],
-            test_n=offline["n"],
-            closed_loop_success=rate,
-            closed_loop_interval=closed.get("success_rate_ci95"),
-            closed_loop_n=closed["n"],
-        )
-    expert = evaluate_closed_loop(
-        "expert", episodes=plan.closed_loop_episodes, seed=plan.eval_seed, config=sim_config, progress=False
-    )
-    summary["expert_closed_loop_success"] = expert["success_rate"]
-    print(f"   reference: scripted expert {_fmt_rate(expert)}")
-    _done(t)
-
-    t = _step("6/6 registry: promote the best case by closed-loop success, write the report")
+    pool = JobPool(plan.workers, plan.backbone)
     try:
-        champion = registry.promote_best(alias="champion", split="test")
-        summary["champion"] = champion
-        name = champion.get("name") or champion.get("model") or "case?"
-        print(f"   champion: {name} (models:/{name}@champion)")
-        for other in champion.get("tied_with") or []:
-            how = (champion.get("tie_tests") or {}).get(other, "overlapping 95% intervals")
-            print(f"   note: not told apart from {other}: {how}")
-    except Exception as exc:  # a registry that cannot rank (e.g. every run unranked) still gets its report
-        summary["champion"] = None
-        print(f"   no champion promoted: {exc}")
+        t = _step(
+            f"4/{steps} training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs; "
+            f"{pool.describe()})"
+        )
+        configs = {case: plan.train_config(case) for case in plan.cases}
+        run_dirs = {case: out / "runs" / case for case in plan.cases}
+        jobs = {case: (train_job, (configs[case], data_dir, run_dirs[case])) for case in plan.cases}
+        if plan.comparisons:  # the imbalanced dataset needs no champion: collect it while the cases train
+            imbalanced_dir = out / "comparisons" / "imbalanced_episodes"
+            jobs["imbalanced data"] = (
+                collect_and_cache_job,
+                (
+                    imbalanced_dir,
+                    plan.imbalanced_episodes,
+                    plan.data_seed + 1,
+                    plan.image_size,
+                    plan.imbalanced_mix,
+                ),
+            )
+        results = pool.run(jobs, order=_by_expected_cost(configs))
+        for case in plan.cases:
+            result = results[case]
+            registry.record_run_dir(run_dirs[case])
+            summary["cases"][case] = {
+                "run_dir": str(run_dirs[case]),
+                "status": result["status"],
+                "epochs": result.get("epochs_completed"),
+                "train_seconds": result["job_seconds"],
+            }
+        summary["stages"]["train"] = round(time.perf_counter() - t, 1)
+        _done(t)
+
+        t = _step(f"5/{steps} evaluating: offline (test split) and closed loop (held-out simulator seeds)")
+        eval_jobs = {
+            case: (evaluate_job, (run_dirs[case], data_dir, plan.closed_loop_episodes, plan, case))
+            for case in plan.cases
+        }
+        eval_jobs["expert"] = (expert_job, (plan.closed_loop_episodes, plan))
+        evaluated = pool.run(eval_jobs)
+        for case in plan.cases:
+            offline, closed = evaluated[case]["offline"], evaluated[case]["closed"]
+            registry.log_evaluation(run_dirs[case], "test", offline)
+            registry.log_closed_loop(run_dirs[case], closed)
+            m, ci = offline["metrics"], offline["intervals"]
+            print(
+                f"   {case}: test MAE {m['mae']:.3f} [{ci['mae'][0]:.3f}, {ci['mae'][1]:.3f}]"
+                f" (n={offline['n_frames']} frames from {offline['n_episodes']} episodes,"
+                " by-episode bootstrap)"
+                f" | closed-loop success {fmt_rate(closed)} at {closed['timing']['steps_per_s']:.0f} steps/s",
+                flush=True,
+            )
+            summary["cases"][case].update(
+                test_mae=m["mae"],
+                test_mae_interval=ci["mae"],
+                test_n=offline["n"],
+                closed_loop_success=closed["success_rate"],
+                closed_loop_interval=closed.get("success_rate_ci95"),
+                closed_loop_n=closed["n"],
+                closed_loop_steps_per_s=closed["timing"]["steps_per_s"],
+            )
+        expert = evaluated["expert"]["closed"]
+        summary["expert_closed_loop_success"] = expert["success_rate"]
+        print(f"   reference: scripted expert {fmt_rate(expert)}")
+        summary["stages"]["evaluate"] = round(time.perf_counter() - t, 1)
+        _done(t)
+
+        t = _step(f"6/{steps} registry: promote the best case by closed-loop success")
+        try:
+            champion = registry.promote_best(alias="champion", split="test")
+            summary["champion"] = champion
+            name = champion.get("name") or champion.get("model") or "case?"
+            print(f"   champion: {name} (models:/{name}@champion)")
+            for other in champion.get("tied_with") or []:
+                how = (champion.get("tie_tests") or {}).get(other, "overlapping 95% intervals")
+                print(f"   note: not told apart from {other}: {how}")
+        except (
+            Exception
+        ) as exc:  # a registry that cannot rank (e.g. every run unranked) still gets its report
+            summary["champion"] = None
+            print(f"   no champion promoted: {exc}")
+        _done(t)
+
+        comparisons: dict[str, Any] = {}
+        champion_case = (summary.get("champion") or {}).get("name")
+        if plan.comparisons and champion_case in configs:
+            t = _step(f"7/{steps} comparisons on the champion's case ({champion_case}; {pool.describe()})")
+            comparisons = run_comparisons(
+                pool, plan, out, champion_case, configs[champion_case], data_dir, results, evaluated
+            )
+            summary["comparisons"] = comparisons
+            summary["stages"]["comparisons"] = round(time.perf_counter() - t, 1)
+            _done(t)
+    finally:
+        pool.close()
+
+    t = _step(f"{steps}/{steps} writing the report")
     report_path = write_report(registry, out / "report.md")
     _insert_plan_section(report_path, plan, configs)
+    if comparisons:
+        from mobile_vla.demo.comparisons import append_comparisons
+
+        append_comparisons(report_path, comparisons)
     summary["report"] = str(report_path)
     summary["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -323,6 +360,19 @@ def run_demo(
         flush=True,
     )
     return summary
+
+
+def _by_expected_cost(configs: dict[str, Any]) -> list[str]:
+    """Longest jobs first, so that the pool's workers finish together: trainable parameters x steps."""
+
+    def cost(case: str) -> float:
+        c = configs[case]
+        resampler = (
+            4.0 if (c.policy or {}).get("use_vision_resampler", True) and case in ("case2", "case4") else 1.0
+        )
+        return resampler * c.epochs / max(1, c.batch_size) ** 0.5
+
+    return sorted(configs, key=cost, reverse=True)
 
 
 # Why the demo departs from a case's preset (the seed's values). The departures themselves are not typed here:
@@ -364,11 +414,3 @@ def _insert_plan_section(report: Path, plan: DemoPlan, configs: dict[str, Any]) 
     text = report.read_text()
     head, sep, rest = text.partition("\n## ")
     report.write_text(head.rstrip() + "\n\n" + "\n".join(lines) + "\n" + sep + rest)
-
-
-def _fmt_rate(result: dict[str, Any]) -> str:
-    interval = result.get("success_rate_ci95")
-    text = f"{100 * result['success_rate']:.0f}%"
-    if interval:
-        text += f" [{100 * interval[0]:.0f}%, {100 * interval[1]:.0f}%]"
-    return text + f" (n={result['n']} episodes)"
