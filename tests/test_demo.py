@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,76 @@ def test_demo_champion_resolves_to_a_run_directory(demo):
     registry = open_registry(f"sqlite:///{out}/mlruns/mlflow.db")
     run_dir = registry.resolve_model_uri(f"models:/{champion['name']}@champion")
     assert (run_dir / "best.safetensors").exists()
+
+
+def test_demo_compares_the_champions_action_spaces_and_sampling_strategies(demo):
+    out, summary = demo
+    comparisons = summary["comparisons"]
+    case = summary["champion"]["name"]
+    assert comparisons["case"] == case
+    spaces = comparisons["action_space"]["spaces"]
+    assert set(spaces) == {"continuous", "keys"}
+    for space, run_dir in spaces.items():  # each run really trained in its space, on the same test episodes
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        assert config["case"] == case and config["policy"]["action_space"] == space
+    offline = comparisons["action_space"]["offline"]
+    assert offline["continuous"]["n"] == offline["keys"]["n"] > 0
+    closed = comparisons["action_space"]["closed"]
+    assert [r["seed"] for r in closed["keys"]["records"]] == [
+        r["seed"] for r in closed["continuous"]["records"]
+    ]
+
+    sampling = comparisons["sampling"]
+    for strategy in ("uniform", "balanced"):
+        config = json.loads((Path(sampling["runs"][strategy]) / "config.json").read_text())
+        assert config["sampling"]["strategy"] == strategy
+        assert config["train"]["epochs"] == DemoPlan.quick().comparison_epochs
+        assert sampling["closed"][strategy]["n"] == DemoPlan.quick().comparison_closed_loop_episodes
+    sides = [p.name for p in Path(sampling["data_dir"]).glob("*.h5")]
+    left = sum("_left_" in name for name in sides)
+    assert left == 3 * (len(sides) - left), "the imbalanced dataset holds the mix's 3:1 left:right"
+
+    report = (out / "report.md").read_text()
+    assert f"## Action spaces side by side: {case}" in report
+    assert f"## Sampling on imbalanced data: {case}" in report
+    assert report.index("## Action spaces side by side") < report.index("## Overview")
+    assert (out / "report_plots" / f"confusion_{case}_action_spaces.png").exists()
+    assert (out / "report_plots" / f"sampling_{case}_imbalanced.png").exists()
+    # the comparison runs answer a question each: they are not versions the registry could promote
+    from mobile_vla.registry import open_registry
+
+    registry = open_registry(f"sqlite:///{out}/mlruns/mlflow.db")
+    assert sorted(Path(r.run_dir).name for r in registry.runs()) == ["case1", "case2", "case3", "case4"]
+
+
+def test_key_confusion_on_a_trained_runs_predictions(demo):
+    import numpy as np
+
+    from mobile_vla.demo.comparisons import key_confusion
+
+    out, _ = demo
+    with np.load(out / "runs" / "case1" / "predictions_test.npz") as data:
+        predictions, targets, dims = data["predictions"], data["targets"], list(data["action_dims"])
+    result = key_confusion(predictions, targets, dims)
+    matrix = np.array(result["matrix"])
+    assert matrix.sum() == result["n"] == len(targets)
+    assert result["accuracy"] == np.trace(matrix) / matrix.sum()
+    assert sum(v["n"] for v in result["per_class"].values()) == len(targets)
+    perfect = key_confusion(targets, targets, dims)  # the targets themselves: every key right
+    assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
+    assert np.count_nonzero(np.array(perfect["matrix"]) - np.diag(np.diag(perfect["matrix"]))) == 0
+
+
+def test_a_failing_job_is_named(tmp_path):
+    from mobile_vla.demo.jobs import JobPool, train_job
+
+    config = DemoPlan.quick().train_config("case1")
+    for workers in (1, 2):
+        pool = JobPool(workers, "lite")
+        try:
+            with pytest.raises(RuntimeError, match="demo job 'case1' failed"):
+                pool.run(
+                    {"case1": (train_job, (config, tmp_path / "no_such_data", tmp_path / f"run{workers}"))}
+                )
+        finally:
+            pool.close()

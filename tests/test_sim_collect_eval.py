@@ -148,3 +148,37 @@ def test_cli_collect_then_validate(tmp_path, capsys):
     )
     assert "wrote 2 episodes" in capsys.readouterr().out
     assert main(["data", "validate", str(out)]) == 0
+
+
+def test_a_mix_collects_a_deliberately_imbalanced_dataset(tmp_path):
+    from collections import Counter
+
+    from mobile_vla.sim.collect import mixed_schedule, parse_mix
+    from mobile_vla.sim.layouts import resolve_scenarios
+
+    mix = parse_mix("left=3,right=1,core=4,variant=1")
+    schedule = mixed_schedule(resolve_scenarios(None), 48, mix, seed=1)
+    sides, patterns = Counter(s.side for s in schedule), Counter(s.pattern for s in schedule)
+    assert sides["left"] == 3 * sides["right"]
+    assert patterns["core"] >= 3 * patterns["variant"] > 0
+    assert len({s.distance for s in schedule}) == 3  # factors outside the mix stay even
+    assert schedule == mixed_schedule(resolve_scenarios(None), 48, mix, seed=1)  # deterministic
+    assert mixed_schedule(resolve_scenarios(None), 8, {}) == resolve_scenarios(None)[:8]  # no mix: in order
+
+    # through the CLI, into files whose names carry the drawn scenarios
+    two = ["1box_vert_left_core_close", "1box_vert_right_core_close"]
+    args = ["sim", "collect", "--out", str(tmp_path), "--episodes", "8", "--image-size", "32"]
+    assert main([*args, "--scenarios", *two, "--mix", "right=3"]) == 0
+    names = [parse_scenario(p.name) for p in tmp_path.glob("*.h5")]
+    assert len(names) == 8 and sum(s.side == "right" for s in names) == 6
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("up=2", "unknown key 'up'"), ("left=x", "not a number"), ("left=0", "> 0"), ("left=inf", "> 0")],
+)
+def test_a_bad_mix_is_named(text, message):
+    from mobile_vla.sim.collect import parse_mix
+
+    with pytest.raises(ValueError, match=message):
+        parse_mix(text)

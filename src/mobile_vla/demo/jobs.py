@@ -173,7 +173,11 @@ class JobPool:
             for name in names:
                 function, args = jobs[name]
                 print(f"   - {name}: started", flush=True)
-                results[name] = self._finish(name, *_timed(function, self.profile, *args))
+                try:
+                    value, seconds = _timed(function, self.profile, *args)
+                except Exception as exc:
+                    raise RuntimeError(f"demo job {name!r} failed: {type(exc).__name__}: {exc}") from exc
+                results[name] = self._finish(name, value, seconds)
             return results
         from concurrent.futures import as_completed
 
