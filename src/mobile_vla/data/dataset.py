@@ -93,8 +93,10 @@ class EpisodeDataset(Dataset):
         lazy_images: put a `FrameRef` (the frame, not yet read) in `image` instead of a PIL image, for a
             feature provider that may have the frame's features cached (`CachedFeatureProvider`).
 
-    Items: `{"image": PIL.Image, "action": FloatTensor(A), "text": str, "episode_id": str,
-    "frame_index": int, "scenario": str}`.
+    Items: `{"image": PIL.Image, "action": FloatTensor(A), "key_class": LongTensor(), "text": str,
+    "episode_id": str, "frame_index": int, "scenario": str}`. `key_class` is the file's stored
+    `action_classes` entry for the frame (a `KEY_CLASSES` index) or -1 when the file stores none: a key-class
+    head trains on the stored class when there is one (`KeySpace.targets`), else on the class of `action`.
     """
 
     def __init__(
@@ -180,6 +182,11 @@ class EpisodeDataset(Dataset):
         episode_index, frame = self.frame_refs[index]
         return self.episodes[episode_index].actions[frame, self._axis_index]
 
+    def stored_class(self, episode: Episode, frame: int) -> int:
+        """The file's own key class of `frame` (a `KEY_CLASSES` index), or -1 when it stores none."""
+        stored = getattr(episode, "stored_action_classes", None)
+        return int(stored[frame]) if stored is not None else -1
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode_index, frame = self.frame_refs[index]
         episode = self.episodes[episode_index]
@@ -187,6 +194,7 @@ class EpisodeDataset(Dataset):
         return {
             "image": FrameRef(episode, frame) if self.lazy_images else Image.fromarray(episode.image(frame)),
             "action": torch.from_numpy(episode.actions[frame, self._axis_index].copy()),
+            "key_class": torch.tensor(self.stored_class(episode, frame), dtype=torch.long),
             "text": episode.instruction,
             "episode_id": episode.episode_id,
             "frame_index": frame,

@@ -9,6 +9,8 @@ selected frame t of an episode, a ``WindowDataset`` item holds
     history_mask     (W,) bool      False where a history frame is padding
     action_chunk     (K, A)         actions t .. t+K-1, zero past the episode's end
     action_chunk_mask (K,) bool     False past the episode's end (those steps carry no loss)
+    action_chunk_class (K,) long    the file's stored key class of each chunk step, -1 where none (see
+                                    ``EpisodeDataset``'s ``key_class``)
     future_images    H x PIL        frames t+1 .. t+H (the state predictor's targets); the last frame repeated
     future_mask      (H,) bool      False past the episode's end
     task             () long        the scenario's index in ``TASK_NAMES``; ``IGNORE_TASK`` if unknown
@@ -161,6 +163,15 @@ class WindowDataset(Dataset):
         actions[valid] = episode.actions[steps[valid]][:, self.frames._axis_index]
         return torch.from_numpy(actions), torch.from_numpy(valid)
 
+    def _chunk_classes(self, episode: Episode, t: int) -> torch.Tensor:
+        """(K,) the stored key class of each chunk step, -1 past the end or where the file stores none."""
+        classes = np.full(self.chunk, -1, np.int64)
+        stored = getattr(episode, "stored_action_classes", None)
+        if stored is not None:
+            steps = np.arange(t, min(t + self.chunk, episode.num_frames))
+            classes[: len(steps)] = stored[steps]
+        return torch.from_numpy(classes)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.frames[index]
         episode_index, t = self.frames.frame_refs[index]
@@ -192,6 +203,7 @@ class WindowDataset(Dataset):
             "history_mask": history_mask,
             "action_chunk": action_chunk,
             "action_chunk_mask": chunk_mask,
+            "action_chunk_class": self._chunk_classes(episode, t),
             "future_images": [frame(i) for i in future_ids],
             "future_mask": future_mask,
             "task": torch.tensor(task_label(item["scenario"]), dtype=torch.long),
