@@ -217,3 +217,64 @@ def test_mirror_classes_swap_left_and_right():
     mirrored = mirror_classes(np.array([KEY_CLASSES.index(n) for n in names]))
     assert [KEY_CLASSES[c] for c in mirrored] == ["RIGHT", "FORWARD_LEFT", "BACK_RIGHT", "ROTATE_LEFT", "FORWARD", "STOP", "BACK"]  # fmt: skip
     assert mirror_classes(np.array([-1]))[0] == -1
+
+
+# --- 6. data stats: class balance per scenario ---------------------------------------------------------------
+
+
+def test_data_stats_reports_class_balance_per_scenario_and_warns_over_60_percent(tmp_path):
+    from collections import Counter
+
+    from mobile_vla.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "synth", episodes=8, seed=1, image_size=(24, 32))
+    episodes, _ = load_episodes(tmp_path / "synth")
+    out = subprocess.run(
+        [sys.executable, "-m", "mobile_vla.cli", "data", "stats", str(tmp_path / "synth"), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    balance = json.loads(out)["class_balance"]
+    # Counts from the velocities, independently of the stats code.
+    by_scenario: dict[str, Counter] = {}
+    for ep in episodes:
+        by_scenario.setdefault(ep.scenario.name, Counter()).update(
+            KEY_CLASSES[c] for c in action_classes_for(ep.actions)
+        )
+    overall = sum(by_scenario.values(), Counter())
+    assert balance["overall"]["counts"] == dict(overall) and balance["overall"]["frames"] == sum(
+        overall.values()
+    )
+    expected_warnings = []
+    for where, counts in [("overall", overall)] + [
+        (f"in scenario {n}", c) for n, c in sorted(by_scenario.items())
+    ]:
+        row = balance["overall"] if where == "overall" else balance["per_scenario"][where.split()[-1]]
+        assert row["counts"] == dict(counts)
+        for cls, n in counts.items():
+            assert row["shares"][cls] == pytest.approx(n / sum(counts.values()))
+            if n / sum(counts.values()) > 0.6:
+                expected_warnings.append((cls, where))
+    assert (
+        expected_warnings and ("FORWARD", "overall") in expected_warnings
+    )  # synthetic data is FORWARD-heavy
+    got = [(w.split()[1], w.split(" of the frames ")[1].split(" (")[0]) for w in balance["warnings"]]
+    assert got == expected_warnings
+    text = subprocess.run(
+        [sys.executable, "-m", "mobile_vla.cli", "data", "stats", str(tmp_path / "synth")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "key-class balance" in text and "warning: FORWARD is" in text
+
+
+def test_balanced_data_gives_no_class_warning(tmp_path):
+    from mobile_vla.data.stats import class_balance
+
+    # v6 files of the lab's left/right guides cut at 9 frames: STOP, then 8 keys of which 5 are FORWARD (56%).
+    paths = [
+        write_v6(tmp_path, side, stamp=f"20251001_0910{i}", frames=9)
+        for i, side in enumerate(("left", "right"))
+    ]
+    episodes, _ = load_episodes(paths)
+    balance = class_balance(episodes)
+    assert max(balance["overall"]["shares"].values()) <= 0.6 and balance["warnings"] == []
+    assert class_balance(episodes, threshold=0.5)["warnings"]  # the same data over a lower bar
