@@ -4,6 +4,7 @@ against imbalance, key-space metrics, `predicted_class` from the server, mirror 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -278,3 +279,121 @@ def test_balanced_data_gives_no_class_warning(tmp_path):
     balance = class_balance(episodes)
     assert max(balance["overall"]["shares"].values()) <= 0.6 and balance["warnings"] == []
     assert class_balance(episodes, threshold=0.5)["warnings"]  # the same data over a lower bar
+
+
+# --- 4. key-space metrics -----------------------------------------------------------------------------------
+
+
+def test_key_class_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import confusion_matrix, f1_score, recall_score
+
+    from mobile_vla.metrics import key_class_metrics
+
+    rng = np.random.default_rng(0)
+    names = PLANAR.names
+    target = rng.choice(5, size=200, p=[0.1, 0.6, 0.1, 0.1, 0.1])
+    predicted = np.where(rng.random(200) < 0.6, target, rng.integers(0, 7, size=200))
+    m = key_class_metrics(predicted, target, names)
+    np.testing.assert_array_equal(
+        m["confusion_matrix"], confusion_matrix(target, predicted, labels=range(len(names)))
+    )
+    assert m["macro_f1"] == pytest.approx(f1_score(target, predicted, average="macro", zero_division=0))
+    assert m["accuracy"] == pytest.approx(100 * np.mean(predicted == target))
+    assert m["balanced_accuracy"] == pytest.approx(100 * recall_score(target, predicted, average="macro", labels=np.unique(target)))  # fmt: skip
+    recalls = recall_score(target, predicted, average=None, labels=range(len(names)), zero_division=0)
+    for i, name in enumerate(names):
+        row = m["per_class"][name]
+        assert row["n"] == int((target == i).sum())
+        if row["n"]:
+            assert row["accuracy"] == pytest.approx(100 * recalls[i])
+        else:
+            assert row["accuracy"] is None
+    json.dumps(m)  # plain Python numbers
+    with pytest.raises(ValueError, match="class indices"):
+        key_class_metrics(np.array([9]), np.array([0]), names)
+
+
+@pytest.fixture(scope="module")
+def both_spaces(relabelled, tmp_path_factory):
+    """A keys run and a continuous run on the same v6 episodes, each evaluated on the same test split."""
+    from mobile_vla.evaluation.evaluate import evaluate_run
+
+    root = tmp_path_factory.mktemp("both_spaces")
+    runs, results = {}, {}
+    for space in ("keys", "continuous"):
+        _train(relabelled, root / space, epochs=3, split_ratios=[0.5, 0.17, 0.33],
+               policy={"hidden_dim": 32, "dropout": 0.0, "action_space": space})  # fmt: skip
+        results[space] = evaluate_run(root / space, split="test", device="cpu", backbone=FakeBackbone(), n_boot=50, progress=False)  # fmt: skip
+        runs[space] = root / space
+    return runs, results
+
+
+def test_evaluate_adds_key_metrics_for_both_action_spaces_on_the_same_frames(both_spaces):
+    from mobile_vla.metrics import key_class_metrics
+
+    runs, results = both_spaces
+    for space in ("keys", "continuous"):
+        keys = results[space]["key_metrics"]
+        saved = json.loads((runs[space] / "eval_test.json").read_text())["key_metrics"]
+        assert saved == json.loads(json.dumps(keys))
+        assert keys["action_space"] == space and keys["classes"] == list(PLANAR.names)
+        with np.load(runs[space] / "predictions_test.npz") as data:
+            pred, target = data["predicted_classes"], data["target_classes"]
+            predictions, targets = data["predictions"], data["targets"]
+        assert keys["n"] == results[space]["n"] == len(pred)
+        assert key_class_metrics(pred, target, PLANAR.names) == {k: v for k, v in keys.items() if k in key_class_metrics(pred, target, PLANAR.names)}  # fmt: skip
+        # The recorded class is the file's stored one (RELABEL), not the velocities'.
+        assert (target != PLANAR.classify(targets)).mean() > 0.5
+        if space == "keys":  # a key head's command is its class's velocity
+            np.testing.assert_allclose(PLANAR.velocities[pred], predictions)
+        else:  # a regressed command is read as its nearest key velocity
+            d = ((predictions[:, None, :] - PLANAR.velocities[None]) ** 2).sum(-1)
+            np.testing.assert_array_equal(pred, d.argmin(1))
+            assert "nearest key velocity" in keys["predicted_class_from"]
+    # Same frames, same recorded classes, whichever head.
+    with (
+        np.load(runs["keys"] / "predictions_test.npz") as a,
+        np.load(runs["continuous"] / "predictions_test.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["target_classes"], b["target_classes"])
+    from mobile_vla.evaluation.evaluate import format_result
+
+    text = format_result(results["keys"])
+    assert "key macro-F1" in text and "confusion matrix (rows: recorded, columns: predicted)" in text
+
+
+def test_the_report_shows_key_metrics_and_plots_the_confusion_matrix(both_spaces, tmp_path):
+    from PIL import Image
+    from registry_helpers import fresh_store
+
+    from mobile_vla.registry import open_registry
+    from mobile_vla.registry.report import write_report
+    from mobile_vla.registry.report_plots import confusion_from_predictions
+
+    runs, results = both_spaces
+    uri = fresh_store(tmp_path)
+    registry = open_registry(uri)
+    for space in ("keys", "continuous"):
+        registry.record_run_dir(runs[space])  # what `mobile-vla registry record RUN_DIR` does
+    report = write_report(registry, tmp_path / "REPORT.md")
+    text = report.read_text()
+    # Both action spaces side by side on the same test frames (the comparison section) ...
+    assert "| Case | Run | Action space | Key acc % | Balanced acc % | Macro-F1 |" in text
+    for space in ("keys", "continuous"):
+        k = results[space]["key_metrics"]
+        row = f"| case1 | `{space}` | {space} | {k['accuracy']:.1f} | {k['balanced_accuracy']:.1f} | {k['macro_f1']:.3f} |"
+        assert row in text
+    # ... and the case's shown run with per-class accuracy and n in its metrics block.
+    shown = re.search(r"Shown: run `(\w+)`", text).group(1)
+    keys = results[shown]["key_metrics"]
+    assert f"accuracy {keys['accuracy']:.2f}%" in text and f"macro-F1 {keys['macro_f1']:.3f}" in text
+    for name, row in keys["per_class"].items():
+        if row["n"]:
+            assert f"{name} {row['accuracy']:.1f}% (n={row['n']})" in text
+    pngs = sorted((tmp_path / "REPORT_plots").glob("confusion_*.png"))
+    assert len(pngs) == 2 and all(f"]({p.parent.name}/{p.name})" in text for p in pngs)
+    assert min(Image.open(p).size[0] for p in pngs) > 200
+    names, matrix = confusion_from_predictions(runs["keys"] / "predictions_test.npz")
+    assert (
+        names == list(PLANAR.names) and matrix.tolist() == results["keys"]["key_metrics"]["confusion_matrix"]
+    )
