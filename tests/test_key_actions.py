@@ -397,3 +397,119 @@ def test_the_report_shows_key_metrics_and_plots_the_confusion_matrix(both_spaces
     assert (
         names == list(PLANAR.names) and matrix.tolist() == results["keys"]["key_metrics"]["confusion_matrix"]
     )
+
+
+# --- 3. the server names the predicted class ----------------------------------------------------------------
+
+
+def test_the_server_answers_with_the_predicted_key_class_and_null_for_a_regression_head(
+    both_spaces, relabelled
+):
+    from fastapi.testclient import TestClient
+
+    from mobile_vla.policies import load_policy
+    from mobile_vla.serving.app import ServerConfig, create_app
+    from mobile_vla.serving.protocol import encode_image
+    from mobile_vla.serving.safety import VelocityLimits
+
+    runs, _ = both_spaces
+    episodes, _ = load_episodes(relabelled)
+    frames = [(ep.image(t), ep.instruction) for ep in episodes[:2] for t in (1, 3, 5)]
+    for space in ("keys", "continuous"):
+        policy = load_policy(runs[space], device="cpu", backbone=FakeBackbone())
+        # Tight limits: a key's 1.15 is clamped to 0.5, the class is still named.
+        config = ServerConfig(insecure_no_auth=True, velocity_limits=VelocityLimits(max_linear=0.5))
+        client = TestClient(create_app(policy, {"model_name": space}, config))
+        info = client.get("/model/info").json()
+        assert info["action_space"] == space
+        for image, instruction in frames:
+            answer = client.post(
+                "/predict", json={"image": encode_image(image), "instruction": instruction}
+            ).json()
+            expected = policy.act(image, instruction)
+            np.testing.assert_allclose(answer["action"], np.clip(expected, -0.5, 0.5), atol=1e-6)
+            if space == "keys":
+                assert info["key_classes"] == list(PLANAR.names)
+                name = answer["predicted_class"]
+                np.testing.assert_allclose(PLANAR.velocities[PLANAR.names.index(name)], expected, atol=1e-6)
+                assert answer["clamped"] == bool(np.abs(expected).max() > 0.5)
+            else:
+                assert info["key_classes"] is None and answer["predicted_class"] is None
+
+
+def test_a_safe_stop_names_no_class_and_chunks_name_each_steps_class():
+    from mobile_vla.serving.runner import PolicyRunner
+    from mobile_vla.serving.safety import VelocityLimits
+
+    class KeyChunks:
+        action_dims = ("linear_x", "linear_y")
+        key_classes = PLANAR.names
+        key_velocities = PLANAR.velocities
+
+        def __init__(self):
+            self.fail = False
+
+        def reset(self):
+            pass
+
+        def act(self, image, instruction):
+            if self.fail:
+                raise RuntimeError("boom")
+            return PLANAR.velocities[PLANAR.names.index("LEFT")]
+
+        def act_chunk(self, image, instruction):
+            return PLANAR.velocities[[PLANAR.names.index(n) for n in ("FORWARD", "FORWARD_RIGHT", "STOP")]]
+
+    policy = KeyChunks()
+    runner = PolicyRunner(policy, VelocityLimits())
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert runner.step(image, "go", "receding_horizon").predicted_class == "LEFT"
+    steps = [runner.step(image, "go", "chunk_reuse") for _ in range(3)]
+    assert [s.predicted_class for s in steps] == ["FORWARD", "FORWARD_RIGHT", "STOP"]
+    assert [s.source for s in steps] == ["inferred", "reused", "reused"]
+    policy.fail = True
+    stop = runner.step(image, "go", "receding_horizon")
+    assert stop.source.startswith("safe_stop:") and stop.predicted_class is None
+    KeyChunks.key_velocities = np.zeros((3, 2))
+    with pytest.raises(TypeError, match="key_velocities"):
+        PolicyRunner(KeyChunks(), VelocityLimits())
+
+
+@pytest.mark.slow
+def test_the_onnx_runtime_names_the_same_predicted_class(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from mobile_vla.cli import main
+    from mobile_vla.data.synthetic import write_synthetic_dataset
+    from mobile_vla.policies import load_policy
+    from mobile_vla.serving.app import ServerConfig, create_app
+    from mobile_vla.serving.onnx_runtime import load_onnx_for_serving
+    from mobile_vla.serving.protocol import encode_image
+
+    write_synthetic_dataset(tmp_path / "episodes", episodes=6, seed=0, image_size=(48, 64))
+    config = resolve_train_config(
+        "case1",
+        overrides={"epochs": 1, "batch_size": 8, "lr": 1e-3, "backbone": "lite", "device": "cpu",
+                   "policy": {"hidden_dim": 16, "action_space": "keys"}},
+    )  # fmt: skip
+    Trainer(config, tmp_path / "episodes", tmp_path / "run", progress=False).fit()
+    argv = ["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "export")]
+    assert main([*argv, "--verify-frames", "2", "--no-progress"]) == 0
+    sidecar = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert sidecar["action_space"]["space"] == "keys" and sidecar["action_space"]["key_classes"] == list(
+        PLANAR.names
+    )
+    onnx_policy, metadata = load_onnx_for_serving(tmp_path / "export")
+    torch_policy = load_policy(tmp_path / "run", device="cpu")
+    clients = {
+        "onnx": TestClient(create_app(onnx_policy, metadata, ServerConfig(insecure_no_auth=True))),
+        "torch": TestClient(
+            create_app(torch_policy, {"model_name": "t"}, ServerConfig(insecure_no_auth=True))
+        ),
+    }
+    episodes, _ = load_episodes(tmp_path / "episodes")
+    for t in (1, 4, 8):
+        body = {"image": encode_image(episodes[0].image(t)), "instruction": episodes[0].instruction}
+        answers = {k: c.post("/predict", json=body).json() for k, c in clients.items()}
+        assert answers["onnx"]["predicted_class"] == answers["torch"]["predicted_class"] in PLANAR.names
+    assert clients["onnx"].get("/model/info").json()["key_classes"] == list(PLANAR.names)
