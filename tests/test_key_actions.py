@@ -513,3 +513,131 @@ def test_the_onnx_runtime_names_the_same_predicted_class(tmp_path):
         answers = {k: c.post("/predict", json=body).json() for k, c in clients.items()}
         assert answers["onnx"]["predicted_class"] == answers["torch"]["predicted_class"] in PLANAR.names
     assert clients["onnx"].get("/model/info").json()["key_classes"] == list(PLANAR.names)
+
+
+# --- 5. mirror augmentation ---------------------------------------------------------------------------------
+
+
+def test_mirror_swaps_left_and_right_words_and_scenario_sides():
+    from mobile_vla.data.mirror import mirror_instruction, mirror_scenario
+
+    text = "Navigate around obstacles and reach the front of the beverage bottle on the left"
+    assert mirror_instruction(text) == text[: -len("left")] + "right"
+    assert (
+        mirror_instruction("Left of the RIGHT box, leftover rightmost")
+        == "Right of the LEFT box, leftover rightmost"
+    )
+    assert mirror_instruction(mirror_instruction(text)) == text
+    assert mirror_scenario("2box_hori_left") == "2box_hori_right"
+    assert mirror_scenario("target_right_straight_path") == "target_left_straight_path"
+    assert mirror_scenario("free_center") == "free_center"
+
+
+def test_a_mirrored_item_is_the_flipped_frame_with_swapped_instruction_negated_actions_and_mirrored_class(
+    relabelled,
+):
+    plain = EpisodeDataset(
+        relabelled, frame_selection="all", action_dims=("linear_x", "linear_y", "angular_z")
+    )
+    mirrored = EpisodeDataset(relabelled, frame_selection="all", action_dims=("linear_x", "linear_y", "angular_z"), mirror=1.0)  # fmt: skip
+    for index in (3, 20, 40):
+        a, b = plain[index], mirrored[index]
+        assert b["mirrored"] is True and "mirrored" not in a
+        np.testing.assert_array_equal(np.asarray(b["image"]), np.asarray(a["image"])[:, ::-1])
+        assert "left" in a["text"] or "right" in a["text"]
+        assert b["text"] == a["text"].replace("left", "@").replace("right", "left").replace("@", "right")
+        torch.testing.assert_close(b["action"], a["action"] * torch.tensor([1.0, -1.0, -1.0]))
+        assert (
+            KEY_CLASSES[int(b["key_class"])]
+            == KEY_CLASSES[int(mirror_classes(np.array([int(a["key_class"])]))[0])]
+        )
+        assert b["scenario"] != a["scenario"] and b["scenario"].replace("right", "left") == a[
+            "scenario"
+        ].replace("right", "left")
+        np.testing.assert_allclose(mirrored.target(index), b["action"].numpy())
+    assert any(int(plain[i]["key_class"]) != int(mirrored[i]["key_class"]) for i in range(len(plain)))
+
+
+def test_which_items_are_mirrored_is_seeded_by_epoch_and_reproducible(relabelled):
+    def draws(epoch, seed=0):
+        dataset = EpisodeDataset(relabelled, frame_selection="all", mirror=0.5, seed=seed)
+        dataset.set_epoch(epoch)
+        return [dataset.is_mirrored(i) for i in range(len(dataset))]
+
+    first = draws(0)
+    assert first == draws(0)  # a resumed run draws the same
+    assert 0.35 < np.mean(first) < 0.65
+    assert first != draws(1) and first != draws(0, seed=1)
+    dataset = EpisodeDataset(relabelled, frame_selection="all", mirror=0.5)
+    assert [bool(dataset[i]["mirrored"]) for i in range(len(dataset))] == first
+    with pytest.raises(ValueError, match="mirror"):
+        EpisodeDataset(relabelled, mirror=1.5)
+
+
+def test_mirrored_frames_have_their_own_cached_features_equal_to_the_flipped_images(relabelled, tmp_path):
+    from PIL import Image
+
+    from mobile_vla.data.cache import FeatureCache
+    from mobile_vla.features.cached import CachedFeatureProvider
+
+    backbone = FakeBackbone()
+    cache = FeatureCache(tmp_path / "cache", durable=False)
+    provider = CachedFeatureProvider(backbone, cache)
+    plain = EpisodeDataset(relabelled, frame_selection="all", lazy_images=True)
+    mirrored = EpisodeDataset(relabelled, frame_selection="all", lazy_images=True, mirror=1.0)
+    items = [0, 5, 17, 30]
+    direct = FeatureProvider(FakeBackbone())
+    frames = [plain.episodes[e].image(f) for e, f in (plain.frame_refs[i] for i in items)]
+    expected_plain = direct({"image": [Image.fromarray(x) for x in frames]}, ["vision"])["vision"]
+    expected_flipped = direct({"image": [Image.fromarray(np.ascontiguousarray(x[:, ::-1])) for x in frames]}, ["vision"])["vision"]  # fmt: skip
+    assert not torch.allclose(expected_plain, expected_flipped)
+    batch_plain = collate_batch([plain[i] for i in items])
+    batch_mirror = collate_batch([mirrored[i] for i in items])
+    assert all(ref.mirrored and ref.key.endswith("-mirror") for ref in batch_mirror["image"])
+    torch.testing.assert_close(provider(batch_plain, ["vision"])["vision"], expected_plain)  # fills the cache
+    torch.testing.assert_close(provider(batch_mirror, ["vision"])["vision"], expected_flipped)  # own entries
+    # Read back from a fresh provider on the same cache: both views come from the cache, each still right.
+    reread = CachedFeatureProvider(FakeBackbone(), FeatureCache(tmp_path / "cache", durable=False))
+    calls = reread.backbone.calls["images"]
+    torch.testing.assert_close(reread(batch_mirror, ["vision"])["vision"], expected_flipped)
+    torch.testing.assert_close(reread(batch_plain, ["vision"])["vision"], expected_plain)
+    assert reread.backbone.calls["images"] == calls  # no frame was encoded again
+
+
+def test_a_mirrored_window_is_mirrored_whole(relabelled, tmp_path):
+    from mobile_vla.data.mirror import mirror_scenario
+    from mobile_vla.data.windows import WindowDataset, task_label
+
+    kwargs = dict(frame_selection="all", action_dims=("linear_x", "linear_y"), history=3, chunk=4, horizon=2)
+    plain = WindowDataset(relabelled, **kwargs)
+    mirrored = WindowDataset(relabelled, mirror=1.0, **kwargs)
+    a, b = plain[10], mirrored[10]
+    for x, y in zip(
+        a["history_images"] + a["future_images"], b["history_images"] + b["future_images"], strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x)[:, ::-1])
+    torch.testing.assert_close(b["action_chunk"], a["action_chunk"] * torch.tensor([1.0, -1.0]))
+    np.testing.assert_array_equal(
+        b["action_chunk_class"].numpy(), mirror_classes(a["action_chunk_class"].numpy())
+    )
+    # The task label follows the mirrored scenario (box scenarios of the synthetic data).
+    from mobile_vla.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "synth", episodes=2, seed=0, image_size=(24, 32))
+    a, b = (
+        WindowDataset(tmp_path / "synth", **kwargs)[4],
+        WindowDataset(tmp_path / "synth", mirror=1.0, **kwargs)[4],
+    )
+    assert int(a["task"]) >= 0 and int(b["task"]) == task_label(mirror_scenario(a["scenario"])) != int(
+        a["task"]
+    )
+
+
+def test_training_with_mirror_mirrors_only_the_training_split(relabelled, tmp_path):
+    trainer, summary = _train(relabelled, tmp_path / "mirror", mirror=0.5, split_ratios=[0.5, 0.17, 0.33])
+    assert summary["status"] == "finished"
+    record = json.loads((tmp_path / "mirror" / "config.json").read_text())
+    assert record["train"]["mirror"] == 0.5
+    assert trainer.datasets["train"].mirror == 0.5 and trainer.datasets["val"].mirror == 0.0
+    train = trainer.datasets["train"]
+    assert any(train.is_mirrored(i) for i in range(len(train)))

@@ -213,6 +213,8 @@ class Trainer:
                 drop_start_frame=cfg.drop_start_frame,
                 seed=cfg.seed,
                 lazy_images=getattr(self.provider, "lazy_images", False),
+                # Mirror augmentation on the training split only (validation measures the recorded frames).
+                **({"mirror": cfg.mirror} if part == "train" and cfg.mirror > 0 else {}),
                 **extra,
             )
 
