@@ -13,6 +13,9 @@ frame has a mirror twin that the robot could equally have recorded:
 
 Which training items are mirrored is drawn per (seed, epoch, episode id, frame) with probability ``p``
 (``mirror_draw``): a resumed run and every DDP rank mirror exactly the same items, and no state is saved.
+An item drawn twice in one ``balanced`` epoch (draws with replacement) is mirrored both times or neither. The
+balanced sampler's ``class_balance`` and the loss's ``class_weights`` are computed on the recorded
+(unmirrored) frames.
 
 With the feature cache, a mirrored frame is a ``FrameRef(..., mirrored=True)``: its cache key is the frame's
 key with a ``-mirror`` suffix (``mobile_vla.data.cache.frame_key``) and ``load_image`` returns the flipped

@@ -10,7 +10,9 @@ so a split with every class equally frequent gets weight 1 everywhere. A class a
 split gets the cap (it never is a training target; only a validation frame can carry it). Frames are every
 usable frame of every training episode (``drop_start_frame`` honoured), their class the one the loss trains
 against (``KeySpace.targets``: the file's stored class, else the velocities'), whatever ``frame_selection``
-draws: the weights are a property of the split, the same every epoch and on resume.
+draws: the weights are a property of the split, the same every epoch and on resume. They are counted on the
+recorded frames, before any mirror augmentation (``TrainConfig.mirror`` moves LEFT/RIGHT mass between mirror
+classes at random; the weights do not follow it).
 """
 
 from __future__ import annotations
