@@ -234,7 +234,9 @@ def format_result(result: dict[str, Any]) -> str:
         low, high = result["intervals"].get(key, (float("nan"), float("nan")))
         lines.append(f"{key:<32}{value:>12.4f}  [{low:.4f}, {high:.4f}]")
     if result.get("action_loss") is not None:
-        lines.append(f"{'action loss (Huber)':<32}{result['action_loss']:>12.4f}")
+        keys_head = (result.get("key_metrics") or {}).get("action_space") == "keys"
+        name = "action loss (cross-entropy)" if keys_head else "action loss (Huber)"
+        lines.append(f"{name:<32}{result['action_loss']:>12.4f}")
     lines.append(f"{'training loss (all terms)':<32}{result['loss']:>12.4f}")
     if result.get("key_metrics"):
         lines.append(format_key_metrics(result["key_metrics"]))
