@@ -33,7 +33,8 @@ def test_items_have_the_documented_keys_and_types(episodes_dir):
         episodes_dir, frame_selection="all", action_dims=("linear_x", "linear_y", "angular_z")
     )
     item = dataset[5]
-    assert set(item) == {"image", "action", "text", "episode_id", "frame_index", "scenario"}
+    assert set(item) == {"image", "action", "key_class", "text", "episode_id", "frame_index", "scenario"}
+    assert item["key_class"].dtype == torch.long and int(item["key_class"]) == -1  # synthetic: none stored
     assert isinstance(item["image"], Image.Image) and item["image"].size == (32, 24)
     assert item["action"].dtype == torch.float32 and item["action"].shape == (3,)
     assert item["text"].startswith("Navigate around obstacles") and item["scenario"].count("_") == 2

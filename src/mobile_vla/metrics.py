@@ -408,3 +408,69 @@ def _check_alpha(alpha: float) -> None:
 def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+# --- key-class metrics ------------------------------------------------------------------------------------
+def key_class_metrics(predicted: np.ndarray, target: np.ndarray, names: Sequence[str]) -> dict:
+    """Classification metrics over key classes: ``predicted`` and ``target`` are ``(N,)`` indices into
+    ``names``.
+
+    Returns ``{"classes", "n", "accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix"}``:
+
+    - ``accuracy``: percent of frames whose predicted class is the recorded one.
+    - ``per_class[name]``: ``n`` (recorded frames of the class), ``accuracy`` (percent of them predicted as
+      the class: its recall; None with n == 0), ``precision`` (percent of the frames predicted as the class
+      that are it; None when never predicted), ``f1`` (0..1; 0 when precision + recall is 0), ``predicted``
+      (frames predicted as the class).
+    - ``balanced_accuracy``: mean per-class accuracy over the classes that occur in ``target``.
+    - ``macro_f1``: mean F1 over the classes that occur in ``target`` or ``predicted`` (scikit-learn's
+      ``f1_score(average="macro")`` with ``zero_division=0``).
+    - ``confusion_matrix``: ``C x C`` counts, row = recorded class, column = predicted class, in ``names``
+      order.
+
+    Percentages are 0..100 like the other metrics; all values are plain Python numbers (JSON as is).
+    """
+    names = list(names)
+    c = len(names)
+    p = np.asarray(predicted).astype(np.int64).reshape(-1)
+    y = np.asarray(target).astype(np.int64).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"predicted {p.shape} and target {y.shape} must have the same length")
+    for what, v in (("predicted", p), ("target", y)):
+        if v.size and (v.min() < 0 or v.max() >= c):
+            raise ValueError(
+                f"{what} class indices must be in 0..{c - 1} ({names}), got {int(v.min())}..{int(v.max())}"
+            )
+    confusion = np.bincount(y * c + p, minlength=c * c).reshape(c, c)  # (C, C) rows recorded, cols predicted
+    support = confusion.sum(1)
+    predicted_count = confusion.sum(0)
+    tp = np.diag(confusion)
+    per_class: dict[str, dict] = {}
+    f1s = []
+    recalls = []
+    for i, name in enumerate(names):
+        recall = tp[i] / support[i] if support[i] else None
+        precision = tp[i] / predicted_count[i] if predicted_count[i] else None
+        r, q = recall or 0.0, precision or 0.0
+        f1 = 2 * q * r / (q + r) if q + r > 0 else 0.0
+        per_class[name] = {
+            "n": int(support[i]),
+            "accuracy": None if recall is None else float(100.0 * recall),
+            "precision": None if precision is None else float(100.0 * precision),
+            "f1": float(f1),
+            "predicted": int(predicted_count[i]),
+        }
+        if support[i] or predicted_count[i]:
+            f1s.append(f1)
+        if support[i]:
+            recalls.append(recall)
+    n = int(y.size)
+    return {
+        "classes": names,
+        "n": n,
+        "accuracy": float(100.0 * tp.sum() / n) if n else float("nan"),
+        "balanced_accuracy": float(100.0 * np.mean(recalls)) if recalls else float("nan"),
+        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }

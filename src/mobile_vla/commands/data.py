@@ -24,7 +24,11 @@ def register(subparsers) -> None:
     validate.add_argument("--deep", action="store_true", help="read every frame (slow on 720x1280 episodes)")
     validate.set_defaults(func=_validate)
 
-    stats = sub.add_parser("stats", help="episodes, frames and actions per scenario; diversity analysis")
+    stats = sub.add_parser(
+        "stats",
+        help="episodes, frames and actions per scenario; key-class balance per scenario (a warning when one "
+        "class is over 60%% of the frames); diversity analysis",
+    )
     stats.add_argument("dir", help="directory of episodes")
     stats.add_argument("--plot", metavar="PNG", help="also save a plot of the distributions to this PNG")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="offline metrics of a run on its test/val split",
         description="Predict every frame of a split's episodes with a trained run and print the standard metrics "
-        "(with n and bootstrap 95%% intervals). Writes eval_SPLIT.json and predictions_SPLIT.npz into the run.",
+        "(with n and bootstrap 95%% intervals), and the key-class metrics (per-class accuracy with n, macro-F1, "
+        "confusion matrix; a regression head's command is read as its nearest key class, so both action spaces "
+        "are scored on the same classes). Writes eval_SPLIT.json and predictions_SPLIT.npz into the run.",
     )
     parser.add_argument("run_dir", help="training run directory")
     parser.add_argument(

@@ -13,6 +13,7 @@ from mobile_vla.training.config import TrainConfig
 # Fields with their own, hand-written flags below.
 _SPECIAL = {"case", "backbone", "backbone_path", "policy", "split_ratios", "drop_start_frame"}
 _SPECIAL |= {"sampling", "variant_ratio", "class_balance", "class_weight_cap"}  # add_sampling_arguments
+_SPECIAL |= {"class_weights", "mirror"}
 
 
 def _parse_value(text: str) -> Any:
@@ -188,5 +189,27 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         dest="class_weight_cap",
         type=float,
         default=None,
-        help="largest class weight of --class-balance (TrainConfig.class_weight_cap; default 5.0)",
+        help="largest class weight of --class-balance and --class-weights (TrainConfig.class_weight_cap; "
+        "default 5.0)",
+    )
+    group.add_argument(
+        "--class-weights",
+        dest="class_weights",
+        choices=("none", "inverse_frequency"),
+        default=None,
+        help="weights of the key-class cross-entropy (needs --policy action_space=keys): inverse_frequency "
+        "weights each target class by min(cap, 1 / (K x its share of the training split's frames)), K the "
+        "classes present; it changes the loss, not the draw; recorded in config.json as class_weights "
+        "(TrainConfig.class_weights; default none)",
+    )
+    group.add_argument(
+        "--mirror",
+        dest="mirror",
+        type=float,
+        default=None,
+        metavar="P",
+        help="left/right mirror augmentation: with probability P a training frame is flipped left-right, "
+        "'left'/'right' swapped in its instruction, linear_y and angular_z negated and its key class "
+        "mirrored; drawn per (seed, epoch, frame), never on val/test; mirrored frames have their own "
+        "feature-cache entries (TrainConfig.mirror; default 0 = off)",
     )

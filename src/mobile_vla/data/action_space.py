@@ -3,8 +3,8 @@
 The lab drives the robot by keyboard, so every recorded command is one of a few keys. Regressing velocities
 averages the turns out (FORWARD is ~75% of frames, so a regression head collapses towards "forward");
 classifying the key keeps them apart. This module holds the key classes and the one mapping from velocities
-to them, used by the episode reader (`Episode.action_classes`) and the balanced sampler; a classification head
-over them (issue 17) is still to come.
+to them, used by the episode reader (`Episode.action_classes`), the balanced sampler, the classification head
+(`PolicyConfig.action_space: keys`), the key-space metrics and the mirror augmentation.
 
 A dataset's own ``action_classes`` (v6 collectors) are used when present; otherwise classes are derived from
 the velocities by ``action_classes_for``: each linear axis is quantised to -1/0/+1 with ``threshold``; a frame
@@ -55,6 +55,12 @@ for _index, _name in enumerate(KEY_CLASSES):
     _dx, _dy, _dz = _DIRECTIONS[_name]
     _CLASS_OF_SIGNS[_dx + 1, _dy + 1, _dz + 1] = _index
 
+# Mirroring negates linear_y and angular_z: the class with (x, -y, -z) is each class's mirror image.
+_MIRRORED = np.array(
+    [_CLASS_OF_SIGNS[dx + 1, -dy + 1, -dz + 1] for dx, dy, dz in (_DIRECTIONS[n] for n in KEY_CLASSES)],
+    np.int64,
+)
+
 DEFAULT_THRESHOLD = 0.3
 """A velocity component counts as pressed when its magnitude exceeds this (teleop values are 0 or 1.15)."""
 
@@ -73,6 +79,14 @@ def action_classes_for(actions: np.ndarray, threshold: float = DEFAULT_THRESHOLD
     sz = signs[..., 2] if a.shape[-1] == 3 else np.zeros_like(sx)
     sz = np.where((sx == 0) & (sy == 0), sz, 0)  # rotation counts only without linear motion
     return _CLASS_OF_SIGNS[sx + 1, sy + 1, sz + 1]
+
+
+def mirror_classes(classes: np.ndarray) -> np.ndarray:
+    """The left/right mirror image of key classes (``KEY_CLASSES`` indices): LEFT<->RIGHT,
+    FORWARD_LEFT<->FORWARD_RIGHT, BACK_LEFT<->BACK_RIGHT, ROTATE_LEFT<->ROTATE_RIGHT; the others stay.
+    Negative values (no class) stay as they are."""
+    classes = np.asarray(classes).astype(np.int64)
+    return np.where(classes >= 0, _MIRRORED[np.clip(classes, 0, None)], classes)
 
 
 def map_stored_classes(stored: np.ndarray, names: Sequence[str] | None) -> np.ndarray:
@@ -143,7 +157,9 @@ class KeySpace:
     A class belongs when it moves only along ``action_dims`` (for ``("linear_x", "linear_y")``: STOP and the
     eight translations; the rotations need ``angular_z``). ``velocities[c]`` is class c's command over
     ``action_dims`` (each pressed axis at ``speed``); ``classify`` maps recorded commands to class indices,
-    with axes outside ``action_dims`` taken as 0, so the result always is one of ``names``.
+    with axes outside ``action_dims`` taken as 0, so the result always is one of ``names``; ``project`` maps
+    classes of the whole ``KEY_CLASSES`` (a file's stored ``action_classes``) onto ``names``; ``nearest`` maps
+    any command (a regression head's output) to the class whose velocity is closest.
     """
 
     def __init__(self, action_dims: Sequence[str], speed: float = DEFAULT_KEY_SPEED) -> None:
@@ -167,6 +183,10 @@ class KeySpace:
         self._axes = axes
         self._local = np.full(NUM_KEY_CLASSES, -1, np.int64)
         self._local[self.key_indices] = np.arange(len(self.key_indices))
+        self._projected = np.zeros(NUM_KEY_CLASSES, np.int64)  # KEY_CLASSES index -> index into names
+        for i, name in enumerate(KEY_CLASSES):
+            d = [_DIRECTIONS[name][j] if j in axes else 0 for j in range(3)]
+            self._projected[i] = self._local[_CLASS_OF_SIGNS[d[0] + 1, d[1] + 1, d[2] + 1]]
 
     @property
     def num_classes(self) -> int:
@@ -182,3 +202,43 @@ class KeySpace:
         full = np.zeros(a.shape[:-1] + (3,))
         full[..., self._axes] = a
         return self._local[action_classes_for(full)]
+
+    def project(self, classes: np.ndarray) -> np.ndarray:
+        """``KEY_CLASSES`` indices -> indices into ``names``: the class's direction on ``action_dims``, its
+        direction on the other axes dropped. A stored class that moves along an axis the head does not
+        predict becomes the class of what remains: ROTATE_LEFT is STOP for a ``(linear_x, linear_y)`` head,
+        FORWARD_LEFT is FORWARD for a ``(linear_x, angular_z)`` one (the same rule ``classify`` applies to
+        velocities, whose other axes it takes as 0)."""
+        classes = np.asarray(classes).astype(np.int64)
+        bad = classes[(classes < 0) | (classes >= NUM_KEY_CLASSES)]
+        if bad.size:
+            raise ValueError(
+                f"class index {int(bad[0])} outside 0..{NUM_KEY_CLASSES - 1} ({list(KEY_CLASSES)})"
+            )
+        return self._projected[classes]
+
+    def nearest(self, actions: np.ndarray) -> np.ndarray:
+        """``(..., len(action_dims))`` commands -> ``(...)`` indices of the class whose velocity is nearest
+        (Euclidean): how a regression head's output is read as a key class, so both action spaces can be
+        scored with the same key-class metrics."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.shape[-1] != len(self.action_dims):
+            raise ValueError(
+                f"actions must be (..., {len(self.action_dims)}) over {self.action_dims}, got {a.shape}"
+            )
+        d = ((a[..., None, :] - self.velocities.astype(np.float64)) ** 2).sum(-1)  # (..., C)
+        return d.argmin(-1).astype(np.int64)
+
+    def targets(self, actions: np.ndarray, stored: np.ndarray | None = None) -> np.ndarray:
+        """The key class a recorded frame is scored and trained against: the file's stored class
+        (``KEY_CLASSES`` index, projected onto ``names``) where ``stored >= 0``, else ``classify(actions)``."""
+        derived = self.classify(actions)
+        if stored is None:
+            return derived
+        stored = np.asarray(stored).astype(np.int64)
+        if stored.shape != derived.shape:
+            raise ValueError(f"stored classes have shape {stored.shape}, the actions {derived.shape}")
+        has = stored >= 0
+        out = derived.copy()
+        out[has] = self.project(stored[has])
+        return out

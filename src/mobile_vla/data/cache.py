@@ -95,13 +95,14 @@ def default_cache_root() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "mobile_vla") / "features"
 
 
-def frame_key(content_hash: str, frame: int) -> str:
-    """The key of one frame's features: the episode file's content hash and the frame's index in the file."""
+def frame_key(content_hash: str, frame: int, mirrored: bool = False) -> str:
+    """The key of one frame's features: the episode file's content hash and the frame's index in the file;
+    its left/right mirror image (``mobile_vla.data.mirror``) is another entry, suffixed ``-mirror``."""
     if not content_hash or any(c not in "0123456789abcdef" for c in content_hash):
         raise ValueError(f"content hash must be lowercase hex (Episode.content_hash), got {content_hash!r}")
     if int(frame) < 0:
         raise ValueError(f"frame index must be >= 0, got {frame}")
-    return f"{content_hash}/{int(frame):05d}"
+    return f"{content_hash}/{int(frame):05d}" + ("-mirror" if mirrored else "")
 
 
 def text_key(text: str) -> str:
@@ -645,13 +646,16 @@ class FrameRef:
     Args:
         episode: an `Episode` (anything with `content_hash` and `image(i) -> uint8 [H, W, 3]`).
         frame: the frame's index in the file.
+        mirrored: the frame's left/right mirror image (`mobile_vla.data.mirror`): `load_image` flips it and
+            `key` is its own (`-mirror`), so the flipped view's features are cached apart from the frame's.
     """
 
-    __slots__ = ("episode", "frame")
+    __slots__ = ("episode", "frame", "mirrored")
 
-    def __init__(self, episode: Any, frame: int):
+    def __init__(self, episode: Any, frame: int, mirrored: bool = False):
         self.episode = episode
         self.frame = int(frame)
+        self.mirrored = bool(mirrored)
 
     @property
     def content_hash(self) -> str:
@@ -659,22 +663,25 @@ class FrameRef:
 
     @property
     def key(self) -> str:
-        return frame_key(self.content_hash, self.frame)
+        return frame_key(self.content_hash, self.frame, self.mirrored)
 
     def load_image(self) -> Image.Image:
-        """The frame as an RGB PIL image (reads it from disk)."""
+        """The frame as an RGB PIL image (reads it from disk), flipped left-right when `mirrored`."""
         image = self.episode.image(self.frame)
+        if self.mirrored:
+            return Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[:, ::-1]))
         return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
-    def __getstate__(self) -> tuple[Any, int]:
-        return self.episode, self.frame
+    def __getstate__(self) -> tuple[Any, int, bool]:
+        return self.episode, self.frame, self.mirrored
 
-    def __setstate__(self, state: tuple[Any, int]) -> None:
-        self.episode, self.frame = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.episode, self.frame = state[0], state[1]
+        self.mirrored = bool(state[2]) if len(state) > 2 else False
 
     def __repr__(self) -> str:
         name = getattr(self.episode, "episode_id", "?")
-        return f"FrameRef({name!r}, frame={self.frame})"
+        return f"FrameRef({name!r}, frame={self.frame}" + (", mirrored=True)" if self.mirrored else ")")
 
 
 class CachedBackbone:

@@ -15,6 +15,14 @@ from torch.utils.data import Dataset
 
 from mobile_vla.data.cache import FrameRef
 from mobile_vla.data.episodes import ACTION_AXES, Episode
+from mobile_vla.data.mirror import (
+    mirror_classes,
+    mirror_draw,
+    mirror_image,
+    mirror_instruction,
+    mirror_scenario,
+    mirror_sign,
+)
 from mobile_vla.data.validation import find_episode_files, validate_episode
 
 logger = logging.getLogger(__name__)
@@ -92,9 +100,16 @@ class EpisodeDataset(Dataset):
         episode_ids: keep only these episodes (file stems), e.g. one part of `split_episodes`.
         lazy_images: put a `FrameRef` (the frame, not yet read) in `image` instead of a PIL image, for a
             feature provider that may have the frame's features cached (`CachedFeatureProvider`).
+        mirror: probability that an item is its left/right mirror image (`mobile_vla.data.mirror`: image
+            flipped, "left"/"right" swapped in `text`, `linear_y`/`angular_z` negated, `key_class` and
+            `scenario` mirrored), drawn per (seed, epoch, episode, frame) by `is_mirrored`; call `set_epoch`
+            for a fresh draw. A lazy mirrored image is a `FrameRef(..., mirrored=True)`, cached under its own
+            key. 0 (default): never. Items then also carry `mirrored` (bool).
 
-    Items: `{"image": PIL.Image, "action": FloatTensor(A), "text": str, "episode_id": str,
-    "frame_index": int, "scenario": str}`.
+    Items: `{"image": PIL.Image, "action": FloatTensor(A), "key_class": LongTensor(), "text": str,
+    "episode_id": str, "frame_index": int, "scenario": str}`. `key_class` is the file's stored
+    `action_classes` entry for the frame (a `KEY_CLASSES` index) or -1 when the file stores none: a key-class
+    head trains on the stored class when there is one (`KeySpace.targets`), else on the class of `action`.
     """
 
     def __init__(
@@ -107,7 +122,10 @@ class EpisodeDataset(Dataset):
         seed: int = 0,
         episode_ids: Iterable[str] | None = None,
         lazy_images: bool = False,
+        mirror: float = 0.0,
     ):
+        if not isinstance(mirror, (int, float)) or isinstance(mirror, bool) or not 0.0 <= mirror <= 1.0:
+            raise ValueError(f"mirror must be a probability 0..1, got {mirror!r}")
         if frame_selection not in FRAME_SELECTIONS:
             raise ValueError(f"frame_selection must be one of {FRAME_SELECTIONS}, got {frame_selection!r}")
         unknown = [d for d in action_dims if d not in ACTION_AXES]
@@ -144,6 +162,8 @@ class EpisodeDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.lazy_images = lazy_images
+        self.mirror = float(mirror)
+        self._mirror_sign = mirror_sign(self.action_dims)
         self.frame_refs: list[tuple[int, int]] = self._select_frames()
 
     def _usable_frames(self, episode: Episode) -> range:
@@ -167,7 +187,7 @@ class EpisodeDataset(Dataset):
         return refs
 
     def set_epoch(self, epoch: int) -> None:
-        """Redraw the `random` frames for `epoch` (a no-op for `first` and `all`)."""
+        """Redraw the `random` frames (and, with `mirror`, which items are mirrored) for `epoch`."""
         self.epoch = int(epoch)
         if self.frame_selection == "random":
             self.frame_refs = self._select_frames()
@@ -175,23 +195,58 @@ class EpisodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frame_refs)
 
-    def target(self, index: int) -> np.ndarray:
-        """The action of item `index` without reading its image."""
+    def is_mirrored(self, index: int) -> bool:
+        """Whether item `index` is mirrored in the current epoch (`mobile_vla.data.mirror.mirror_draw`)."""
+        if self.mirror <= 0:
+            return False
         episode_index, frame = self.frame_refs[index]
-        return self.episodes[episode_index].actions[frame, self._axis_index]
+        return mirror_draw(self.mirror, self.seed, self.epoch, self.episodes[episode_index].episode_id, frame)
+
+    def target(self, index: int) -> np.ndarray:
+        """The action of item `index` (mirrored when the item is) without reading its image."""
+        episode_index, frame = self.frame_refs[index]
+        action = self.episodes[episode_index].actions[frame, self._axis_index]
+        return action * self._mirror_sign if self.is_mirrored(index) else action
+
+    def stored_class(self, episode: Episode, frame: int) -> int:
+        """The file's own key class of `frame` (a `KEY_CLASSES` index), or -1 when it stores none."""
+        stored = getattr(episode, "stored_action_classes", None)
+        return int(stored[frame]) if stored is not None else -1
+
+    def frame_image(self, episode: Episode, frame: int, mirrored: bool = False) -> Any:
+        """Frame `frame` of `episode` as the dataset hands it over: a `FrameRef` (lazy) or a PIL image,
+        flipped left-right when `mirrored`."""
+        if self.lazy_images:
+            return FrameRef(episode, frame, mirrored=mirrored)
+        image = episode.image(frame)
+        return Image.fromarray(mirror_image(image) if mirrored else np.asarray(image))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode_index, frame = self.frame_refs[index]
         episode = self.episodes[episode_index]
         scenario = episode.scenario
-        return {
-            "image": FrameRef(episode, frame) if self.lazy_images else Image.fromarray(episode.image(frame)),
-            "action": torch.from_numpy(episode.actions[frame, self._axis_index].copy()),
-            "text": episode.instruction,
+        mirrored = self.is_mirrored(index)
+        action = episode.actions[frame, self._axis_index].astype(np.float32)
+        key_class = self.stored_class(episode, frame)
+        text = episode.instruction
+        scenario_name = scenario.name if scenario else "unknown"
+        if mirrored:
+            action = action * self._mirror_sign
+            key_class = int(mirror_classes(np.array([key_class]))[0])
+            text = mirror_instruction(text)
+            scenario_name = mirror_scenario(scenario_name)
+        item = {
+            "image": self.frame_image(episode, frame, mirrored),
+            "action": torch.from_numpy(np.ascontiguousarray(action)),
+            "key_class": torch.tensor(key_class, dtype=torch.long),
+            "text": text,
             "episode_id": episode.episode_id,
             "frame_index": frame,
-            "scenario": scenario.name if scenario else "unknown",
+            "scenario": scenario_name,
         }
+        if self.mirror > 0:
+            item["mirrored"] = mirrored
+        return item
 
 
 def collate_batch(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,52 @@ from typing import Any
 
 import numpy as np
 
+from mobile_vla.data.action_space import KEY_CLASSES
 from mobile_vla.data.episodes import ACTION_AXES, Episode
+
+DOMINANT_CLASS_SHARE = 0.6
+"""`data stats` warns when one key class is more than this share of the frames (overall or in a scenario):
+the lab's FORWARD-heavy data (~75%) is what made its regression heads collapse to "forward"."""
+
+
+def class_balance(episodes: Sequence[Episode], threshold: float = DOMINANT_CLASS_SHARE) -> dict[str, Any]:
+    """Key-class counts and shares of the frames, overall and per scenario, and a warning per group where
+    one class exceeds `threshold` of the frames. A frame's class is `Episode.action_classes` (the file's
+    stored class, else derived from the velocities)."""
+
+    def summary(counts: Counter[str]) -> dict[str, Any]:
+        total = sum(counts.values())
+        ordered = [c for c in KEY_CLASSES if counts.get(c)]
+        return {
+            "frames": total,
+            "counts": {c: int(counts[c]) for c in ordered},
+            "shares": {c: counts[c] / total for c in ordered} if total else {},
+        }
+
+    overall: Counter[str] = Counter()
+    per_scenario: dict[str, Counter[str]] = defaultdict(Counter)
+    for ep in episodes:
+        name = ep.scenario.name if ep.scenario else "unknown"
+        classes = Counter(KEY_CLASSES[int(c)] for c in ep.action_classes)
+        overall.update(classes)
+        per_scenario[name].update(classes)
+    out = {
+        "threshold": threshold,
+        "overall": summary(overall),
+        "per_scenario": {name: summary(c) for name, c in sorted(per_scenario.items())},
+    }
+    warnings = []
+    for where, row in [("overall", out["overall"])] + [
+        (f"in scenario {name}", row) for name, row in out["per_scenario"].items()
+    ]:
+        for cls, share in row["shares"].items():
+            if share > threshold:
+                warnings.append(
+                    f"warning: {cls} is {share:.1%} of the frames {where} ({row['counts'][cls]} of "
+                    f"{row['frames']}), over {threshold:.0%}"
+                )
+    out["warnings"] = warnings
+    return out
 
 
 def dataset_stats(episodes: Sequence[Episode]) -> dict[str, Any]:
@@ -55,6 +100,7 @@ def dataset_stats(episodes: Sequence[Episode]) -> dict[str, Any]:
         "actions": axes,
         "distinct_action_sequences": len({key for _, key in sequences}),
         "near_duplicate_groups": duplicates,
+        "class_balance": class_balance(episodes),
     }
 
 
@@ -84,6 +130,30 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines.append(f"near-duplicate groups (same scenario, same actions): {len(dups)}")
     for group in dups[:5]:
         lines.append("  " + ", ".join(group))
+    balance = stats.get("class_balance")
+    if balance:
+        lines += ["", format_class_balance(balance)]
+    return "\n".join(lines)
+
+
+def format_class_balance(balance: dict[str, Any]) -> str:
+    """The key-class table (share of frames, with counts) overall and per scenario, then the warnings."""
+    rows = [("overall", balance["overall"])] + list(balance["per_scenario"].items())
+    classes = [c for c in KEY_CLASSES if any(c in row["counts"] for _, row in rows)]
+    lines = ["key-class balance (share of frames, count in brackets):"]
+    lines.append(f"  {'':<28}{'frames':>7}" + "".join(f"{c:>20}" for c in classes))
+    for name, row in rows:
+        cells = "".join(
+            f"{row['shares'][c]:>10.1%} ({row['counts'][c]:>5})" if c in row["counts"] else f"{'-':>20}"
+            for c in classes
+        )
+        lines.append(f"  {name:<28}{row['frames']:>7}{cells}")
+    lines += balance["warnings"] or [f"no class is over {balance['threshold']:.0%} of the frames"]
+    if balance["warnings"]:
+        lines.append(
+            "  (a head can score well by always answering the dominant class: consider `--sampling balanced "
+            "--class-balance` or `--class-weights inverse_frequency` with a key-class head)"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ selected frame t of an episode, a ``WindowDataset`` item holds
     history_mask     (W,) bool      False where a history frame is padding
     action_chunk     (K, A)         actions t .. t+K-1, zero past the episode's end
     action_chunk_mask (K,) bool     False past the episode's end (those steps carry no loss)
+    action_chunk_class (K,) long    the file's stored key class of each chunk step, -1 where none (see
+                                    ``EpisodeDataset``'s ``key_class``)
     future_images    H x PIL        frames t+1 .. t+H (the state predictor's targets); the last frame repeated
     future_mask      (H,) bool      False past the episode's end
     task             () long        the scenario's index in ``TASK_NAMES``; ``IGNORE_TASK`` if unknown
@@ -26,11 +28,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from mobile_vla.data.dataset import EpisodeDataset
 from mobile_vla.data.episodes import Episode
+from mobile_vla.data.mirror import mirror_classes, mirror_sign
 
 # The lab's eight task scenarios, in a fixed order: a task label is an index into this tuple.
 TASK_NAMES: tuple[str, ...] = tuple(
@@ -78,6 +80,9 @@ class WindowDataset(Dataset):
         horizon: H, future frames per item for the state predictor (>= 0; 0 leaves them out).
         lazy_images: put a ``FrameRef`` (``mobile_vla.data.cache``: the frame, not yet read) wherever a frame
             goes, for a feature provider that may have the frames' features cached.
+        mirror: as in ``EpisodeDataset``; a mirrored item is mirrored whole: every history and future frame
+            flipped, the chunk's ``linear_y``/``angular_z`` negated and its classes mirrored, the task label
+            that of the mirrored scenario.
 
     The current frame t is chosen by ``frame_selection`` exactly as in ``EpisodeDataset`` (``first``,
     ``random`` with ``set_epoch``, ``all``); windows never cross episodes. With ``drop_start_frame`` the
@@ -98,6 +103,7 @@ class WindowDataset(Dataset):
         chunk: int = 5,
         horizon: int = 5,
         lazy_images: bool = False,
+        mirror: float = 0.0,
     ):
         for name, value, low in (("history", history, 1), ("chunk", chunk, 1), ("horizon", horizon, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -111,6 +117,7 @@ class WindowDataset(Dataset):
             seed=seed,
             episode_ids=episode_ids,
             **({"lazy_images": True} if lazy_images else {}),
+            mirror=mirror,
         )
         self.lazy_images = lazy_images
         self.history = history
@@ -151,15 +158,26 @@ class WindowDataset(Dataset):
     def chunk_target(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``(actions (K, A), mask (K,))`` of item ``index`` without reading any image."""
         episode_index, t = self.frames.frame_refs[index]
-        actions, mask = self._chunk(self.episodes[episode_index], t)
+        actions, mask = self._chunk(self.episodes[episode_index], t, self.frames.is_mirrored(index))
         return actions.numpy(), mask.numpy()
 
-    def _chunk(self, episode: Episode, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, episode: Episode, t: int, mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         steps = np.arange(t, t + self.chunk)
         valid = steps < episode.num_frames
         actions = np.zeros((self.chunk, len(self.action_dims)), np.float32)
         actions[valid] = episode.actions[steps[valid]][:, self.frames._axis_index]
+        if mirrored:
+            actions = actions * mirror_sign(self.action_dims)
         return torch.from_numpy(actions), torch.from_numpy(valid)
+
+    def _chunk_classes(self, episode: Episode, t: int, mirrored: bool = False) -> torch.Tensor:
+        """(K,) the stored key class of each chunk step, -1 past the end or where the file stores none."""
+        classes = np.full(self.chunk, -1, np.int64)
+        stored = getattr(episode, "stored_action_classes", None)
+        if stored is not None:
+            steps = np.arange(t, min(t + self.chunk, episode.num_frames))
+            classes[: len(steps)] = stored[steps]
+        return torch.from_numpy(mirror_classes(classes) if mirrored else classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.frames[index]
@@ -168,30 +186,27 @@ class WindowDataset(Dataset):
         first = self.frames._usable_frames(episode)[0]
         last = episode.num_frames - 1
 
+        mirrored = self.frames.is_mirrored(index)
         # Each distinct frame is read from disk once per item, however many window slots it fills.
         images: dict[int, Any] = {t: item["image"]}
 
         def frame(i: int) -> Any:
             if i not in images:
-                if self.lazy_images:
-                    from mobile_vla.data.cache import FrameRef
-
-                    images[i] = FrameRef(episode, i)
-                else:
-                    images[i] = Image.fromarray(episode.image(i))
+                images[i] = self.frames.frame_image(episode, i, mirrored)
             return images[i]
 
         past = list(range(max(first, t - self.history + 1), t + 1))
         history_ids, history_mask = pad_history(past, self.history)
         future_ids = [min(t + k, last) for k in range(1, self.horizon + 1)]
         future_mask = torch.tensor([t + k <= last for k in range(1, self.horizon + 1)], dtype=torch.bool)
-        action_chunk, chunk_mask = self._chunk(episode, t)
+        action_chunk, chunk_mask = self._chunk(episode, t, mirrored)
         return {
             **item,
             "history_images": [frame(i) for i in history_ids],
             "history_mask": history_mask,
             "action_chunk": action_chunk,
             "action_chunk_mask": chunk_mask,
+            "action_chunk_class": self._chunk_classes(episode, t, mirrored),
             "future_images": [frame(i) for i in future_ids],
             "future_mask": future_mask,
             "task": torch.tensor(task_label(item["scenario"]), dtype=torch.long),

@@ -45,7 +45,9 @@ def evaluate_run(
         n_boot, seed: bootstrap resamples and seed of the intervals.
         save: write ``eval_{split}.json`` and ``predictions_{split}.npz`` into the run directory.
 
-    Returns ``{"n", "metrics", "intervals", "bootstrap", "loss", "split", "checkpoint", "data", ...}``.
+    Returns ``{"n", "metrics", "intervals", "bootstrap", "loss", "split", "checkpoint", "data", "key_metrics",
+    ...}``; ``key_metrics`` (``key_space_result``) scores the frames as key classes, for a key-class head and
+    a regression head alike (its command read as the nearest key), next to ``metrics`` on the velocities.
     """
     from mobile_vla.data.dataset import EpisodeDataset, dataset_fingerprint, dataset_provenance, load_episodes
     from mobile_vla.data.windows import WindowDataset
@@ -108,6 +110,7 @@ def evaluate_run(
         seed=seed,
         groups=out["episode_ids"],
     )
+    keys = key_space_result(policy, out, tuple(record["action_dims"]))
     fingerprint = dataset_fingerprint(chosen)
     result = {
         "run_dir": str(run_dir),
@@ -124,6 +127,7 @@ def evaluate_run(
         "loss_name": "training loss (the case's compute_loss: action Huber plus any auxiliary terms)",
         "action_loss": out["action_loss"],
         "action_dims": list(record["action_dims"]),
+        "key_metrics": keys["metrics"],
         "data": {
             "path": str(data),
             "fingerprint": fingerprint,
@@ -148,9 +152,72 @@ def evaluate_run(
             episode_ids=np.asarray(out["episode_ids"], dtype=str),
             frame_indices=np.asarray(out["frame_indices"], dtype=np.int64),
             action_dims=np.asarray(record["action_dims"], dtype=str),
+            predicted_classes=keys["predicted"],
+            target_classes=keys["target"],
+            key_classes=np.asarray(keys["metrics"]["classes"], dtype=str),
             **chunk_arrays,
         )
     return result
+
+
+def key_space_result(policy: Any, out: dict[str, Any], action_dims: tuple[str, ...]) -> dict[str, Any]:
+    """Key-class metrics of ``predict_dataset``'s output, for either action space, on the same frames.
+
+    The recorded class of a frame is the file's stored ``action_classes`` entry where it has one, else the
+    recorded command's class (``KeySpace.targets``). The predicted class is, for a key-class head, the
+    arg-max of its logits; for a regression head, the key class whose velocity is nearest (Euclidean) to the
+    regressed command (``KeySpace.nearest``, the lab's key speed 1.15), so both action spaces are compared on
+    the same classes. Returns ``{"metrics", "predicted", "target"}`` (class indices into the names).
+    """
+    from mobile_vla.data.action_space import KeySpace
+    from mobile_vla.metrics import key_class_metrics
+
+    space = policy.key_space if policy.key_space is not None else KeySpace(action_dims)
+    if "predicted_classes" in out:
+        predicted = np.asarray(out["predicted_classes"], np.int64)
+        mapping = "arg-max of the key-class head's logits"
+    else:
+        predicted = space.nearest(out["predictions"]) if len(out["predictions"]) else np.zeros(0, np.int64)
+        mapping = (
+            f"the regressed command's nearest key velocity (Euclidean; keys at +-{space.speed:g} on "
+            f"{', '.join(space.action_dims)})"
+        )
+    stored = out.get("stored_classes")
+    target = space.targets(out["targets"], stored) if len(out["targets"]) else np.zeros(0, np.int64)
+    metrics = key_class_metrics(predicted, target, space.names)
+    metrics["action_space"] = "keys" if policy.key_space is not None else "continuous"
+    metrics["predicted_class_from"] = mapping
+    metrics["recorded_class_from"] = (
+        "the file's stored action_classes where present, else the recorded command's key class"
+    )
+    return {"metrics": metrics, "predicted": predicted, "target": target}
+
+
+def format_key_metrics(keys: dict[str, Any]) -> str:
+    """Per-class accuracy with n, accuracy, macro-F1 and the confusion matrix, as text."""
+    names = keys["classes"]
+    lines = [
+        f"key classes ({keys['action_space']} head; predicted class: {keys['predicted_class_from']}):",
+        f"{'key accuracy':<32}{keys['accuracy']:>12.2f}",
+        f"{'key balanced accuracy':<32}{keys['balanced_accuracy']:>12.2f}",
+        f"{'key macro-F1':<32}{keys['macro_f1']:>12.4f}",
+    ]
+    for name in names:
+        row = keys["per_class"][name]
+        if row["n"] or row["predicted"]:
+            acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.2f}"
+            label = f"  {name} (n={row['n']})"
+            lines.append(f"{label:<32}{acc:>12}  F1 {row['f1']:.3f}")
+    present = [
+        i for i, n in enumerate(names) if keys["per_class"][n]["n"] or keys["per_class"][n]["predicted"]
+    ]
+    width = max(len(names[i]) for i in present) if present else 4
+    lines.append("confusion matrix (rows: recorded, columns: predicted):")
+    lines.append(" " * (width + 2) + "".join(f"{names[i][:9]:>10}" for i in present))
+    matrix = keys["confusion_matrix"]
+    for i in present:
+        lines.append(f"  {names[i]:<{width}}" + "".join(f"{matrix[i][j]:>10}" for j in present))
+    return "\n".join(lines)
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -167,8 +234,12 @@ def format_result(result: dict[str, Any]) -> str:
         low, high = result["intervals"].get(key, (float("nan"), float("nan")))
         lines.append(f"{key:<32}{value:>12.4f}  [{low:.4f}, {high:.4f}]")
     if result.get("action_loss") is not None:
-        lines.append(f"{'action loss (Huber)':<32}{result['action_loss']:>12.4f}")
+        keys_head = (result.get("key_metrics") or {}).get("action_space") == "keys"
+        name = "action loss (cross-entropy)" if keys_head else "action loss (Huber)"
+        lines.append(f"{name:<32}{result['action_loss']:>12.4f}")
     lines.append(f"{'training loss (all terms)':<32}{result['loss']:>12.4f}")
+    if result.get("key_metrics"):
+        lines.append(format_key_metrics(result["key_metrics"]))
     chunk = result.get("chunk_metrics")
     if chunk:
         lines.append(

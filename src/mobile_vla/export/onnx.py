@@ -315,6 +315,7 @@ def export_onnx(
             "architecture": record.get("architecture"),
             "trainable_parameters": record.get("trainable_parameters"),
             "action_dims": action_dims,
+            "action_space": _action_space_record(record),
             "velocity_limits": {
                 "max_linear": DEFAULT_MAX_LINEAR,
                 "max_angular": DEFAULT_MAX_ANGULAR,
@@ -381,3 +382,16 @@ def export_onnx(
     partial.rename(out_dir)
     say(f"wrote {out_dir} in {time.perf_counter() - started:.1f} s")
     return sidecar
+
+
+def _action_space_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's ``action_space``: ``{"space": "continuous"}`` or, for a key-class head (whose head graph
+    outputs the arg-max class's velocity), its class names and their commands, so the ONNX runtime names the
+    ``predicted_class`` as the torch runtime does."""
+    from mobile_vla.data.action_space import DEFAULT_KEY_SPEED, KeySpace
+
+    policy = record.get("policy") or {}
+    if policy.get("action_space", "continuous") != "keys":
+        return {"space": "continuous"}
+    keys = KeySpace(tuple(record["action_dims"]), float(policy.get("key_speed", DEFAULT_KEY_SPEED)))
+    return {"space": "keys", "key_classes": list(keys.names), "key_velocities": keys.velocities.tolist()}

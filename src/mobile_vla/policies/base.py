@@ -180,6 +180,7 @@ class Policy(nn.Module):
         self.register_buffer("text_std", torch.ones(self.dims.text))
         self.register_forward_pre_hook(_standardise_text)
         self.key_space = config.key_space()
+        self.class_weights: torch.Tensor | None = None  # (C,), see set_class_weights
         if self.key_space is not None:
             self.register_buffer("key_velocities", torch.from_numpy(self.key_space.velocities))  # (C, A)
             self.register_forward_hook(_decode_keys)
@@ -208,23 +209,59 @@ class Policy(nn.Module):
         self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The standard recipe's loss: Huber(delta) between predicted and recorded actions (for
-        ``action_space: keys``, cross-entropy against the recorded command's key class)."""
-        loss = self.action_loss_terms(outputs, "action", batch["action"]).mean()
+        ``action_space: keys``, cross-entropy against the frame's key class: the file's stored class when it
+        has one, ``batch["key_class"]``, else the recorded command's)."""
+        loss = self.action_loss_terms(outputs, "action", batch["action"], batch.get("key_class")).mean()
         return loss, {"action_loss": float(loss.detach())}
 
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight the key-class cross-entropy per target class (``(C,)`` over ``key_space.names``; None:
+        unweighted). Set by the trainer from ``TrainConfig.class_weights``; not part of the checkpoint."""
+        if weights is not None:
+            if self.key_space is None:
+                raise ValueError(
+                    f"{type(self).__name__}: class weights need action_space: keys, got "
+                    f"{self.config.action_space!r}"
+                )
+            weights = torch.as_tensor(weights, dtype=torch.float32)
+            if weights.shape != (self.key_space.num_classes,):
+                raise ValueError(
+                    f"class weights must have shape ({self.key_space.num_classes},) over "
+                    f"{list(self.key_space.names)}, got {tuple(weights.shape)}"
+                )
+        self.class_weights = weights
+
     def action_loss_terms(
-        self, outputs: Mapping[str, torch.Tensor], key: str, target: torch.Tensor
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        key: str,
+        target: torch.Tensor,
+        stored_classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample action loss ``(...)`` of ``outputs[key]`` (``(..., A)``) against recorded commands
         ``target`` (``(..., A)``): the Huber loss averaged over the axes, or, for ``action_space: keys``, the
-        cross-entropy of ``outputs[key + "_logits"]`` against the commands' key classes."""
+        cross-entropy of ``outputs[key + "_logits"]`` against the frames' key classes.
+
+        The key class of a frame is the file's stored one where ``stored_classes`` (``(...)``, ``KEY_CLASSES``
+        indices, -1 = none stored) has one, projected onto this head's classes (``KeySpace.project``: a
+        stored ROTATE_LEFT is STOP for a head without ``angular_z``), else derived from ``target``
+        (``KeySpace.classify``). With class weights (``set_class_weights``) each frame's term is multiplied
+        by its target class's weight."""
         if self.key_space is None:
             pred = outputs[key]
             delta = float(getattr(self.action_criterion, "delta", 0.1))
             return F.huber_loss(pred, target.to(pred), reduction="none", delta=delta).mean(dim=-1)
         logits = outputs[key + "_logits"]  # (..., C)
-        classes = torch.from_numpy(self.key_space.classify(target.detach().cpu().numpy())).to(logits.device)
-        flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), classes.reshape(-1), reduction="none")
+        stored = None if stored_classes is None else torch.as_tensor(stored_classes).detach().cpu().numpy()
+        classes = self.key_space.targets(target.detach().cpu().numpy(), stored)
+        classes = torch.from_numpy(classes).to(logits.device)  # (...)
+        weight = getattr(self, "class_weights", None)
+        flat = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            classes.reshape(-1),
+            weight=None if weight is None else weight.to(logits),
+            reduction="none",
+        )
         return flat.view(classes.shape)
 
     @classmethod

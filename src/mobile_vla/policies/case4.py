@@ -336,17 +336,21 @@ class RoboVLMsCompleteModel(Policy):
         c = self.config
         chunk = outputs["action_chunk"]  # (B, K, A)
         device, dtype = chunk.device, chunk.dtype
+        stored = None
         if "action_chunk" in batch:
             target = batch["action_chunk"].to(device, dtype)  # (B, K, A)
             mask = batch["action_chunk_mask"].to(device).bool()  # (B, K)
+            stored = batch.get("action_chunk_class")  # (B, K), -1 where the file stores no class
         else:  # a single-frame batch: only the first step has a target
             chunk = chunk[:, :1]
             target = batch["action"].to(device, dtype)[:, None]  # (B, 1, A)
             mask = torch.ones(target.shape[:2], dtype=torch.bool, device=device)
+            if batch.get("key_class") is not None:
+                stored = torch.as_tensor(batch["key_class"])[:, None]  # (B, 1)
         steps = {"action_chunk": chunk}
         if "action_chunk_logits" in outputs:  # action_space: keys
             steps["action_chunk_logits"] = outputs["action_chunk_logits"][:, : chunk.shape[1]]
-        per_step = self.action_loss_terms(steps, "action_chunk", target)  # (B, K)
+        per_step = self.action_loss_terms(steps, "action_chunk", target, stored)  # (B, K)
         chunk_loss = _masked_mean(per_step, mask)
         loss = c.action_loss_weight * chunk_loss
         with torch.no_grad():

@@ -142,6 +142,19 @@ class InferencePolicy:
     def case(self) -> str:
         return str(self.record["case"])
 
+    @property
+    def key_classes(self) -> tuple[str, ...] | None:
+        """The key classes of an ``action_space: keys`` head (None for a regression head); the server names
+        the chosen one as ``predicted_class``."""
+        space = self.policy.key_space
+        return tuple(space.names) if space is not None else None
+
+    @property
+    def key_velocities(self) -> np.ndarray | None:
+        """``(C, A)`` each key class's command (None for a regression head)."""
+        space = self.policy.key_space
+        return space.velocities if space is not None else None
+
     def info(self) -> dict[str, Any]:
         """What the server's ``/model/info`` reports."""
         backbone = self.record["backbone"]
@@ -150,6 +163,7 @@ class InferencePolicy:
             "model_class": self.record.get("model_class"),
             "architecture": self.record.get("architecture"),
             "action_dims": list(self.action_dims),
+            "action_space": self.policy.config.action_space,
             "backbone": {
                 k: backbone[k] for k in ("profile", "fingerprint_hash", "pretrained") if k in backbone
             },

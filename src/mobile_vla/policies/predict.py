@@ -28,7 +28,8 @@ def predict_dataset(
     desc: str = "predict",
 ) -> dict[str, Any]:
     """Eval-mode predictions over a dataset: ``{"predictions", "targets", "loss", "action_loss", "episode_ids",
-    ...}``. ``loss`` is the case's whole training loss (Case 4: action chunk + task + state terms);
+    "frame_indices", "stored_classes", ...}``, plus ``predicted_classes`` (the arg-max class) for a key-class
+    head. ``loss`` is the case's whole training loss (Case 4: action chunk + task + state terms);
     ``action_loss`` the Huber loss of the predicted action alone (the ``action_loss`` the case logs), which is
     what early stopping and the best checkpoint follow."""
     # Dataset order, one batch after another (the trainer's loader without shuffle, on one process).
@@ -37,6 +38,8 @@ def predict_dataset(
     )
     policy.eval()
     preds, targets, episode_ids, frame_indices = [], [], [], []
+    stored_classes: list[np.ndarray] = []
+    predicted_classes: list[np.ndarray] = []
     chunks: dict[str, list[np.ndarray]] = {"chunk_predictions": [], "chunk_targets": [], "chunk_mask": []}
     loss_sum, action_loss_sum, n = 0.0, 0.0, 0
     with torch.no_grad():
@@ -52,6 +55,12 @@ def predict_dataset(
             targets.append(batch["action"].float().cpu().numpy())
             episode_ids += list(batch.get("episode_id", [""] * b))
             frame_indices += [int(i) for i in batch.get("frame_index", [-1] * b)]
+            stored = batch.get("key_class")
+            stored_classes.append(
+                np.full(b, -1, np.int64) if stored is None else np.asarray(stored, np.int64)
+            )
+            if "action_logits" in outputs:  # action_space: keys
+                predicted_classes.append(outputs["action_logits"].argmax(-1).cpu().numpy().astype(np.int64))
             if "action_chunk" in outputs and "action_chunk" in batch:  # chunking cases (Case 4)
                 chunks["chunk_predictions"].append(outputs["action_chunk"].float().cpu().numpy())
                 chunks["chunk_targets"].append(batch["action_chunk"].float().cpu().numpy())
@@ -65,7 +74,11 @@ def predict_dataset(
         "n": n,
         "episode_ids": episode_ids,
         "frame_indices": frame_indices,
+        # The file's stored key class of each frame (KEY_CLASSES index, -1 = none stored).
+        "stored_classes": np.concatenate(stored_classes) if stored_classes else np.zeros(0, np.int64),
     }
+    if predicted_classes:  # the arg-max key class (index into policy.key_space.names)
+        out["predicted_classes"] = np.concatenate(predicted_classes)
     if chunks["chunk_predictions"]:
         out.update({k: np.concatenate(v) for k, v in chunks.items()})
     return out

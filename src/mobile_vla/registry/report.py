@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mobile_vla.data.action_space import KEY_CLASSES
 from mobile_vla.metrics import DIRECTION_DEAD_ZONE
 from mobile_vla.registry.ranking import (
     CLOSED_LOOP_KEY,
@@ -266,6 +267,7 @@ def metrics_block(run: StoredRun, split: str) -> str:
                 f"  Direction accuracy, dead zone (|v| < {DIRECTION_DEAD_ZONE} is a stop): "
                 + ", ".join(f"{a} {fmt_ci(result, f'direction_accuracy_deadzone_{a}')}" for a in _axes(run))
             )
+        lines += key_metric_lines(run, name)
         if f"{name}/action_loss" in run.metrics:
             lines.append(f"  Action loss (Huber): {run.metrics[f'{name}/action_loss']:.4f}")
         if f"{name}/loss" in run.metrics:
@@ -289,6 +291,57 @@ def metrics_block(run: StoredRun, split: str) -> str:
             f", best {_monitored(run)} {best if best is not None else float('nan'):.4f}"
         )
     return "\n".join(lines)
+
+
+def key_metric_lines(run: StoredRun, split: str) -> list[str]:
+    """The key-class metrics of ``split`` (``{split}/keys/...``): accuracy, macro-F1, per-class accuracy
+    with n. A regression head's commands are scored as their nearest key class (``evaluate``)."""
+    m = run.metrics
+    head = f"{split}/keys/"
+    if head + "accuracy" not in m:
+        return []
+    space = run.config_section("policy").get("action_space", "continuous")
+    how = "arg-max class" if space == "keys" else "nearest key class of the regressed command"
+    lines = [
+        f"  Key classes ({space} head, {how}): accuracy {m[head + 'accuracy']:.2f}%, balanced "
+        f"{m.get(head + 'balanced_accuracy', float('nan')):.2f}%, macro-F1 {m.get(head + 'macro_f1', float('nan')):.3f}"
+    ]
+    names = sorted(
+        {k[len(head + "class/") :].rsplit("/", 1)[0] for k in m if k.startswith(head + "class/")},
+        key=lambda n: KEY_CLASSES.index(n) if n in KEY_CLASSES else len(KEY_CLASSES),
+    )
+    per_class = [
+        f"{n} {m.get(f'{head}class/{n}/accuracy', float('nan')):.1f}% (n={int(m.get(f'{head}class/{n}/n', 0))})"
+        for n in names
+    ]
+    if per_class:
+        lines.append("  Per-class accuracy: " + ", ".join(per_class))
+    return lines
+
+
+def _key_table(doc: _Doc, members: Sequence[StoredRun], split: str) -> None:
+    """Both action spaces on the same frames: each run's key-class accuracy and macro-F1 (if evaluated)."""
+    rows = []
+    for run in sorted(members, key=lambda r: (r.case, r.start_time)):
+        m, head = run.metrics, f"{split}/keys/"
+        if head + "accuracy" not in m:
+            continue
+        rows.append(
+            [
+                run.case,
+                f"`{run.name}`",
+                run.config_section("policy").get("action_space", "continuous"),
+                f"{m[head + 'accuracy']:.1f}",
+                f"{m.get(head + 'balanced_accuracy', float('nan')):.1f}",
+                f"{m.get(head + 'macro_f1', float('nan')):.3f}",
+            ]
+        )
+    if rows:
+        doc.p(
+            "Key classes (the same frames scored as the lab's key commands; a continuous head's command is read "
+            "as its nearest key class):"
+        )
+        doc.table(["Case", "Run", "Action space", "Key acc %", "Balanced acc %", "Macro-F1"], rows)
 
 
 def _monitored(run: StoredRun) -> str:
@@ -366,6 +419,7 @@ def _comparison(doc: _Doc, runs: Sequence[StoredRun], split: str) -> None:
         doc.table(
             ["Case", "Run", "Axis", "Acc (0.3)", "Acc (0.2)", "Acc (0.15)", "R²", "Correlation"], axis_rows
         )
+        _key_table(doc, members, split)
 
 
 def _ranking_section(doc: _Doc, ranking: Ranking) -> None:
@@ -551,6 +605,7 @@ def _plots_section(doc: _Doc, images: dict[str, list[Path]], root: Path) -> None
         "metrics": "Metric bars with 95% interval whiskers, per ranked group",
         "loss": "Loss curves (train and validation, per epoch)",
         "pred": "Predicted vs target, per axis",
+        "confusion": "Key-class confusion matrices (rows: recorded class, columns: predicted class)",
     }
     for kind, paths in images.items():
         if not paths:

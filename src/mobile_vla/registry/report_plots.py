@@ -40,7 +40,7 @@ def _plots(
     import matplotlib
 
     matplotlib.use("Agg")
-    images: dict[str, list[Path]] = {"metrics": [], "loss": [], "pred": []}
+    images: dict[str, list[Path]] = {"metrics": [], "loss": [], "pred": [], "confusion": []}
     for i, group in enumerate(ranking.groups, 1):
         images["metrics"].append(_metric_bars(group, folder / f"metrics_group{i}.png", split))
     rep_runs = [r for r, _ in reps.values()]
@@ -53,6 +53,14 @@ def _plots(
                 images["pred"].append(
                     _pred_vs_target(run, npz, folder / f"pred_vs_target_{run.case}_{run.name}.png")
                 )
+        # A confusion matrix for every run evaluated with key-class metrics (either action space).
+        keyed = [r for r in runs if f"{split}/keys/accuracy" in r.metrics]
+        for run in sorted(keyed, key=lambda r: (r.case, r.name)):
+            npz = registry.download_artifact(run.run_id, f"eval/predictions_{split}.npz", tmp)
+            if npz is not None and npz.is_file():
+                confusion = _confusion(run, npz, folder / f"confusion_{run.case}_{run.name}.png")
+                if confusion is not None:
+                    images["confusion"].append(confusion)
     return images
 
 
@@ -127,6 +135,55 @@ def _pred_vs_target(run: StoredRun, npz: Path, path: Path) -> Path:
         ax.set_xlabel(f"target {axes_names[i] if i < len(axes_names) else i}")
         ax.set_ylabel("predicted")
     fig.suptitle(f"{run.case} {run.name}: predicted vs target (n={len(pred)})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def confusion_from_predictions(npz: Path) -> tuple[list[str], np.ndarray] | None:
+    """``(class names, C x C counts)`` from an evaluation's predictions file (rows: recorded class, columns:
+    predicted), or None for a file written before key classes were recorded."""
+    with np.load(npz) as data:
+        if "key_classes" not in data.files:
+            return None
+        names = [str(n) for n in data["key_classes"]]
+        predicted, target = data["predicted_classes"], data["target_classes"]
+    c = len(names)
+    counts = np.bincount(target.astype(np.int64) * c + predicted.astype(np.int64), minlength=c * c)
+    return names, counts.reshape(c, c)
+
+
+def _confusion(run: StoredRun, npz: Path, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = confusion_from_predictions(npz)
+    if found is None:
+        return None
+    names, matrix = found
+    keep = [i for i in range(len(names)) if matrix[i].sum() or matrix[:, i].sum()]  # classes that occur
+    matrix = matrix[np.ix_(keep, keep)]
+    labels = [names[i] for i in keep]
+    rows = matrix.sum(1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    size = 1.2 + 0.55 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(
+        range(len(labels)), [f"{n} (n={int(r)})" for n, r in zip(labels, rows[:, 0], strict=True)], fontsize=7
+    )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("recorded class")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the recorded class")
+    space = run.config_section("policy").get("action_space", "continuous")
+    fig.suptitle(
+        f"{run.case} {run.name} ({space} head): key classes, n={int(matrix.sum())} frames", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

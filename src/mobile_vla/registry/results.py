@@ -55,6 +55,27 @@ def evaluation_metrics(split: str, result: Mapping[str, Any]) -> dict[str, float
     for extra in ("loss", "action_loss", "n_frames", "n_episodes"):
         if is_number(result.get(extra)):
             out[f"{split}/{extra}"] = float(result[extra])
+    out.update(key_metrics_as_metrics(split, result.get("key_metrics")))
+    return out
+
+
+def key_metrics_as_metrics(split: str, keys: Mapping[str, Any] | None) -> dict[str, float]:
+    """``evaluate``'s ``key_metrics`` as ``{split}/keys/{accuracy,balanced_accuracy,macro_f1}`` and
+    ``{split}/keys/class/{NAME}/{n,accuracy,f1}`` (a class never recorded has no accuracy). The confusion
+    matrix stays in the ``eval_{split}.json`` artifact and the predictions file."""
+    if not isinstance(keys, Mapping):
+        return {}
+    out = {
+        f"{split}/keys/{k}": float(keys[k])
+        for k in ("accuracy", "balanced_accuracy", "macro_f1")
+        if is_number(keys.get(k)) and math.isfinite(float(keys[k]))
+    }
+    for name, row in (keys.get("per_class") or {}).items():
+        if not isinstance(row, Mapping) or not row.get("n"):
+            continue
+        for k in ("n", "accuracy", "f1"):
+            if is_number(row.get(k)):
+                out[f"{split}/keys/class/{name}/{k}"] = float(row[k])
     return out
 
 

@@ -10,7 +10,8 @@ Endpoints (all but ``/health`` need the ``X-API-Key`` header, else 403):
   trainable parameters, registry run id, strategies, input limits, counters
 - ``POST /predict`` ``{"image": base64 JPEG/PNG, "instruction": str, "strategy"?: "receding_horizon" |
   "chunk_reuse"}`` -> ``{"action", "latency_ms", "model_name", "strategy", "source", "clamped",
-  "buffer_status", "timings_ms"}``
+  "buffer_status", "timings_ms", "predicted_class"}`` (``predicted_class``: the key class's name for a
+  key-class policy, ``null`` for a regression policy or a safe stop; see ``serving.protocol``)
 - ``POST /reset`` -> clears the policy's history and the stored chunk
 
 A malformed request gets a 4xx with ``{"detail": "<what was wrong>"}`` and changes nothing; a model failure or
@@ -169,6 +170,8 @@ def build_model_info(runner: PolicyRunner, metadata: dict, config: ServerConfig)
             "default_strategy": config.default_strategy,
             "chunk_steps": config.chunk_steps,
             "input_limits": config.input_limits.as_dict(),
+            "action_space": "keys" if runner.key_classes else "continuous",
+            "key_classes": list(runner.key_classes) if runner.key_classes else None,
         }
     )
     return info
@@ -266,6 +269,7 @@ def create_app(policy, metadata: dict | None = None, config: ServerConfig | None
             "source": result.source,
             "clamped": result.clamped,
             "buffer_status": result.buffer_status,
+            "predicted_class": result.predicted_class,
             "timings_ms": {
                 "decode": decode_ms,
                 "queue": result.queue_ms,

@@ -134,6 +134,13 @@ class OnnxPolicy:
         self.directory = Path(directory)
         self.sidecar = read_sidecar(self.directory)
         self.action_dims: tuple[str, ...] = tuple(self.sidecar["action_dims"])
+        # A key-class head's classes (model.json "action_space"; an export without it is continuous): the
+        # server names the chosen class as predicted_class.
+        space = self.sidecar.get("action_space") or {}
+        self.key_classes: tuple[str, ...] | None = (
+            tuple(space["key_classes"]) if space.get("space") == "keys" else None
+        )
+        self.key_velocities = np.asarray(space["key_velocities"], np.float32) if self.key_classes else None
         self.required_features: tuple[str, ...] = tuple(self.sidecar["required_features"])
         self.providers = list(providers or ["CPUExecutionProvider"])
         options = ort.SessionOptions()
@@ -260,6 +267,7 @@ class OnnxPolicy:
             "architecture": s.get("architecture"),
             "trainable_parameters": s.get("trainable_parameters"),
             "action_dims": list(self.action_dims),
+            "action_space": "keys" if self.key_classes else "continuous",
             "backbone": {k: backbone.get(k) for k in ("profile", "fingerprint_hash", "pretrained")},
             "data": {
                 "fingerprint": (s.get("fingerprints") or {}).get("dataset"),

@@ -9,7 +9,12 @@ sending more (a timestamp, a frame id) keeps working. Response::
 
     {"action": [linear_x, linear_y, ...], "latency_ms": 12.3, "model_name": "case1@prod",
      "strategy": "receding_horizon", "source": "inferred" | "reused" | "safe_stop:<reason>",
-     "clamped": false, "buffer_status": {...}}
+     "clamped": false, "buffer_status": {...}, "predicted_class": "FORWARD_LEFT" | null}
+
+``predicted_class`` is the key class the model chose, for a key-class policy (``action_space: keys``; one of
+``/model/info``'s ``key_classes``): the class of the model's command before the velocity limits clamp it, so
+it names the key even when ``action`` was clamped. It is ``null`` for a regression policy (``action_space:
+continuous``: its command is not a key) and for a safe stop (the model chose nothing).
 
 Input errors are raised as :class:`InputError` carrying the HTTP status, so the server can answer every
 malformed request with a 4xx and a message that says what was wrong, and keep serving.
@@ -56,6 +61,7 @@ class PredictResponse(BaseModel):
     clamped: bool
     buffer_status: dict
     timings_ms: dict[str, float] = {}
+    predicted_class: str | None = None
 
 
 class HealthResponse(BaseModel):

@@ -11,6 +11,12 @@ Strategies:
   the next calls from the stored chunk (``source="reused"``) until it runs out (or ``chunk_steps`` of it have
   been executed), then infer again. A new instruction, a ``receding_horizon`` call, a failure or ``reset()``
   discards the stored chunk.
+
+Key-class policies (``action_space: keys``) expose ``key_classes`` (class names) and ``key_velocities``
+(``(C, A)``, each class's command); every step then also names the class the model chose
+(``StepResult.predicted_class``): the class whose velocity the model's raw command is (nearest, so exact for
+a key head), read *before* the velocity limits clamp it. Policies without them (regression heads) get None,
+as does a safe stop (the model chose nothing).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class ChunkBuffer:
     next_index: int = 0
     instruction: str | None = None
     clamped_rows: np.ndarray | None = None  # (K,) bool: which steps the velocity limits changed
+    classes: list[str | None] | None = None  # (K,) the key class of each step (None: not a key policy)
 
     @property
     def usable_steps(self) -> int:
@@ -55,16 +62,24 @@ class ChunkBuffer:
 
     def clear(self) -> None:
         self.chunk, self.next_index, self.instruction, self.clamped_rows = None, 0, None, None
+        self.classes = None
 
-    def store(self, chunk: np.ndarray, instruction: str, clamped_rows: np.ndarray) -> None:
+    def store(
+        self,
+        chunk: np.ndarray,
+        instruction: str,
+        clamped_rows: np.ndarray,
+        classes: list[str | None] | None = None,
+    ) -> None:
         self.chunk, self.next_index, self.instruction, self.clamped_rows = chunk, 0, instruction, clamped_rows
+        self.classes = classes
 
-    def pop(self) -> tuple[np.ndarray, bool]:
-        """The next action of the chunk and whether the limits changed it."""
+    def pop(self) -> tuple[np.ndarray, bool, str | None]:
+        """The next action of the chunk, whether the limits changed it, and its key class (or None)."""
         assert self.chunk is not None and self.clamped_rows is not None and self.remaining > 0
         i = self.next_index
         self.next_index += 1
-        return self.chunk[i], bool(self.clamped_rows[i])
+        return self.chunk[i], bool(self.clamped_rows[i]), self.classes[i] if self.classes else None
 
     def status(self) -> dict:
         return {
@@ -83,6 +98,7 @@ class StepResult:
     buffer_status: dict
     queue_ms: float
     inference_ms: float
+    predicted_class: str | None = None  # the key class the model chose (key policies), else None
 
 
 @dataclass
@@ -137,6 +153,17 @@ class PolicyRunner:
         self.limit_vector = limits.vector(self.action_dims)  # raises at startup for an axis with no limit
         self.queue_timeout_s = queue_timeout_s
         self.supports_chunks = callable(getattr(policy, "act_chunk", None))
+        names = getattr(policy, "key_classes", None)
+        self.key_classes: tuple[str, ...] | None = tuple(names) if names else None
+        self.key_velocities: np.ndarray | None = None
+        if self.key_classes is not None:
+            velocities = np.asarray(getattr(policy, "key_velocities", None), dtype=np.float64)
+            if velocities.shape != (len(self.key_classes), len(self.action_dims)):
+                raise TypeError(
+                    f"{type(policy).__name__}.key_velocities must be ({len(self.key_classes)}, "
+                    f"{len(self.action_dims)}), one command per key class, got {velocities.shape}"
+                )
+            self.key_velocities = velocities
         self.buffer = ChunkBuffer(max_steps=chunk_steps)
         self.stats = RunnerStats()
         self.lock = threading.Lock()
@@ -163,10 +190,10 @@ class PolicyRunner:
             self.stats.requests += 1
             start = time.perf_counter()
             if strategy == "chunk_reuse":
-                action, source, clamped = self._chunk_step(image, instruction)
+                action, source, clamped, key = self._chunk_step(image, instruction)
             else:
                 self.buffer.clear()  # a chunk made before this step is stale now
-                action, source, clamped = self._single_step(image, instruction)
+                action, source, clamped, key = self._single_step(image, instruction)
             inference_ms = (time.perf_counter() - start) * 1000.0
             if source.startswith("safe_stop:"):
                 reason = source.split(":", 1)[1]
@@ -183,11 +210,20 @@ class PolicyRunner:
                 buffer_status=self.buffer.status(),
                 queue_ms=queue_ms,
                 inference_ms=inference_ms,
+                predicted_class=key,
             )
         finally:
             self.lock.release()
 
-    def _single_step(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, str, bool]:
+    def key_class_of(self, raw: np.ndarray) -> list[str | None]:
+        """The key class of each row of raw commands ``(..., A)`` (nearest class velocity), or Nones."""
+        rows = np.asarray(raw, dtype=np.float64).reshape(-1, len(self.action_dims))
+        if self.key_classes is None or self.key_velocities is None:
+            return [None] * len(rows)
+        d = ((rows[:, None, :] - self.key_velocities[None]) ** 2).sum(-1)  # (R, C)
+        return [self.key_classes[int(i)] for i in d.argmin(-1)]
+
+    def _single_step(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, str, bool, str | None]:
         try:
             raw = self.policy.act(image, instruction)
         except Exception:
@@ -201,12 +237,12 @@ class PolicyRunner:
             return self._stop(checked.stop_reason)
         if checked.clamped:
             logger.info("action %s clamped to the velocity limits", np.asarray(raw).tolist())
-        return checked.action, "inferred", checked.clamped
+        return checked.action, "inferred", checked.clamped, self.key_class_of(raw)[0]
 
-    def _chunk_step(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, str, bool]:
+    def _chunk_step(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, str, bool, str | None]:
         if self.buffer.remaining > 0 and self.buffer.instruction == instruction:
-            action, clamped = self.buffer.pop()
-            return action, "reused", clamped
+            action, clamped, key = self.buffer.pop()
+            return action, "reused", clamped, key
         self.buffer.clear()
         try:
             raw = self.policy.act_chunk(image, instruction)
@@ -218,14 +254,14 @@ class PolicyRunner:
             shape = getattr(raw, "shape", type(raw).__name__)
             logger.error("model chunk unusable (%s, shape %s); answering with a safe stop", reason, shape)
             return self._stop(reason)
-        self.buffer.store(chunk, instruction, clamped_rows)
-        action, clamped = self.buffer.pop()
-        return action, "inferred", clamped
+        self.buffer.store(chunk, instruction, clamped_rows, self.key_class_of(raw))
+        action, clamped, key = self.buffer.pop()
+        return action, "inferred", clamped, key
 
-    def _stop(self, reason: str) -> tuple[np.ndarray, str, bool]:
+    def _stop(self, reason: str) -> tuple[np.ndarray, str, bool, None]:
         self.buffer.clear()
         stop = safety.safe_stop(len(self.action_dims), reason)
-        return stop.action, f"safe_stop:{reason}", False
+        return stop.action, f"safe_stop:{reason}", False, None
 
     def reset(self) -> dict:
         """Start a new episode: clear the policy's history and the stored chunk."""

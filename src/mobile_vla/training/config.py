@@ -59,8 +59,20 @@ class TrainConfig:
             share of ``variant`` episodes in the data.
         class_balance: with ``balanced`` and ``frame_selection: all``, also weight frames within each episode by
             the capped inverse frequency of their action (key) class, so rare keys (A, D, ...) are drawn more.
-        class_weight_cap: the largest class weight ``class_balance`` gives (inverse frequency relative to a
-            uniform mix of the classes present, e.g. 5.0).
+        class_weight_cap: the largest class weight ``class_balance`` and ``class_weights`` give (inverse
+            frequency relative to a uniform mix of the classes present, e.g. 5.0).
+        class_weights: weights of the key-class cross-entropy against imbalance (``action_space: keys``
+            only): ``none`` (unweighted) or ``inverse_frequency`` (``training.class_weights``: each target
+            class weighted by the capped inverse of its share of the training split's frames; recorded in
+            config.json under ``class_weights``). Unlike ``class_balance`` it changes the loss, not the draw.
+            The validation loss (early stopping, best checkpoint) uses the same weights; ``evaluate`` reports
+            the unweighted loss.
+        mirror: probability (0..1) that a training item is replaced by its left/right mirror image
+            (``mobile_vla.data.mirror``): the image flipped left-right, "left"/"right" swapped in the
+            instruction, ``linear_y`` and ``angular_z`` negated, the key class mirrored. Drawn per (seed,
+            epoch, episode, frame), so resume redraws it exactly; validation and test are never mirrored.
+            With the feature cache, a mirrored frame's features are cached under their own key (the flipped
+            view), never mixed with the original frame's. 0 (default) is off.
     """
 
     case: str = "case1"
@@ -91,6 +103,8 @@ class TrainConfig:
     variant_ratio: float | None = None
     class_balance: bool = False
     class_weight_cap: float = 5.0
+    class_weights: str = "none"
+    mirror: float = 0.0
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(_as_float(r) for r in self.split_ratios)
@@ -153,6 +167,15 @@ class TrainConfig:
         _check(isinstance(self.class_balance, bool), "class_balance", self.class_balance, "true or false")
         cap = self.class_weight_cap
         _check(_finite(cap) and cap >= 1, "class_weight_cap", cap, "a number >= 1")
+        from mobile_vla.training.class_weights import CLASS_WEIGHTS
+
+        _check(
+            self.class_weights in CLASS_WEIGHTS,
+            "class_weights",
+            self.class_weights,
+            f"one of {CLASS_WEIGHTS}",
+        )
+        _check(_finite(self.mirror) and 0 <= self.mirror <= 1, "mirror", self.mirror, "a probability 0..1")
         if self.sampling == "uniform":
             _check(
                 ratio is None, "variant_ratio", ratio, "None with sampling: uniform (use sampling: balanced)"

@@ -44,6 +44,7 @@ from mobile_vla.runs.directory import (  # noqa: F401  (read_run_config, STATUSE
     write_run_config,
     write_summary,
 )
+from mobile_vla.training.class_weights import class_weight_record
 from mobile_vla.training.config import TrainConfig
 from mobile_vla.training.distributed import DistributedContext, scratch_run_dir
 from mobile_vla.training.loaders import (  # noqa: F401  (re-exported)
@@ -212,6 +213,8 @@ class Trainer:
                 drop_start_frame=cfg.drop_start_frame,
                 seed=cfg.seed,
                 lazy_images=getattr(self.provider, "lazy_images", False),
+                # Mirror augmentation on the training split only (validation measures the recorded frames).
+                **({"mirror": cfg.mirror} if part == "train" and cfg.mirror > 0 else {}),
                 **extra,
             )
 
@@ -285,6 +288,15 @@ class Trainer:
         restart = self._resuming and not has_resume_state(run_dir / "resume")
         if not self._resuming or restart:
             self._set_text_stats(policy, datasets["train"])
+        # Key-class weights against imbalance: a function of the training split, recomputed on resume.
+        class_weights, class_weight_info = class_weight_record(
+            cfg.class_weights,
+            datasets["train"].episodes,
+            policy.key_space,
+            cfg.class_weight_cap,
+            cfg.drop_start_frame,
+        )
+        policy.set_class_weights(None if class_weights is None else torch.from_numpy(class_weights))
 
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -324,6 +336,7 @@ class Trainer:
                 "extra_features": {name: f.record for name, f in extra_features.items()},
                 "data": data_record,
                 "sampling": sampling_record(datasets["train"], SamplingSettings.from_config(cfg)),
+                "class_weights": class_weight_info,
                 "action_dims": list(policy.action_dims),
                 "code_version": code_version_string(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
