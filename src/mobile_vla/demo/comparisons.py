@@ -104,40 +104,6 @@ def _default_action_space(case: str) -> str:
 # ---- the report sections ----------------------------------------------------------------------------------
 
 
-def key_confusion(predictions: Any, targets: Any, action_dims: Any, speed: float = 1.15) -> dict[str, Any]:
-    """Key-class view of offline predictions: each target's key class (`KeySpace.classify`) against the key
-    command nearest to the predicted velocity (a keys policy predicts a class's command exactly, so this is its
-    class). Returns class names, the confusion matrix (rows = target, columns = predicted), accuracy, per-class
-    recall with n, and macro-F1 over the classes present in the targets."""
-    import numpy as np
-
-    from mobile_vla.data.action_space import KeySpace
-
-    space = KeySpace(list(action_dims), speed)
-    pred = np.asarray(predictions, dtype=np.float64)
-    true = space.classify(np.asarray(targets, dtype=np.float64))
-    nearest = np.argmin(((pred[:, None, :] - space.velocities[None].astype(np.float64)) ** 2).sum(-1), axis=1)
-    k = space.num_classes
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (true, nearest), 1)
-    present = [c for c in range(k) if matrix[c].sum()]
-    per_class, f1s = {}, []
-    for c in present:
-        tp, support, predicted = matrix[c, c], matrix[c].sum(), matrix[:, c].sum()
-        recall = tp / support
-        precision = tp / predicted if predicted else 0.0
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        per_class[space.names[c]] = {"recall": float(recall), "n": int(support)}
-    return {
-        "names": list(space.names),
-        "matrix": matrix.tolist(),
-        "n": int(matrix.sum()),
-        "accuracy": float(np.trace(matrix) / max(1, matrix.sum())),
-        "per_class": per_class,
-        "macro_f1": float(np.mean(f1s)) if f1s else None,
-    }
-
-
 def _pct(closed: dict[str, Any]) -> str:
     ci = closed.get("success_rate_ci95") or [float("nan")] * 2
     k = sum(bool(r["success"]) for r in closed.get("records", []))
@@ -178,11 +144,11 @@ def _plot_confusions(confusions: dict[str, dict[str, Any]], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(confusions), figsize=(5.2 * len(confusions), 4.6), squeeze=False)
     for ax, (label, conf) in zip(axes[0], confusions.items(), strict=True):
-        m = np.asarray(conf["matrix"])
+        m = np.asarray(conf["confusion_matrix"])
         rows = m.sum(1, keepdims=True)
         share = np.divide(m, rows, out=np.zeros(m.shape, float), where=rows > 0)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        names = [n.replace("FORWARD", "FWD").replace("_", " ") for n in conf["names"]]
+        names = [n.replace("FORWARD", "FWD").replace("_", " ") for n in conf["classes"]]
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         for i in range(m.shape[0]):
@@ -200,9 +166,7 @@ def _plot_confusions(confusions: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("predicted key")
         ax.set_ylabel("target key")
         f1 = conf["macro_f1"]
-        ax.set_title(
-            f"{label}: acc {100 * conf['accuracy']:.0f}%, macro-F1 {f1:.2f} (n={conf['n']})", fontsize=9
-        )
+        ax.set_title(f"{label}: acc {conf['accuracy']:.0f}%, macro-F1 {f1:.2f} (n={conf['n']})", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -271,24 +235,20 @@ def _pattern_rates(closed: dict[str, Any]) -> dict[str, str]:
 
 
 def action_space_section(result: dict[str, Any], plots: Path) -> list[str]:
-    import numpy as np
-
     case = result["case"]
     spaces = list(result["spaces"])
-    confusions = {}
-    for space in spaces:
-        npz = Path(result["spaces"][space]) / "predictions_test.npz"
-        with np.load(npz, allow_pickle=False) as data:
-            confusions[space] = key_confusion(data["predictions"], data["targets"], list(data["action_dims"]))
+    # evaluate_run's key-class metrics (`metrics.key_class_metrics`): a keys head's arg-max class, a regression
+    # head's command read as the nearest key velocity, against the recorded class
+    confusions = {space: result["offline"][space]["key_metrics"] for space in spaces}
     plot = _plot_confusions(confusions, plots / f"confusion_{case}_action_spaces.png")
-    result["key_metrics"] = confusions
     lines = [
         f"## Action spaces side by side: {case}",
         "",
         f"The champion's case trained in both action spaces with the same recipe on the same data "
         f"(`{spaces[1]}` is the demo's extra run, `{Path(result['spaces'][spaces[1]]).name}` under "
         "OUT/comparisons/, not registered); offline on the same test frames, closed loop on the same seeds. "
-        "Key-class metrics: each target's key against the key command nearest to the predicted velocity.",
+        "Key-class metrics (`mobile-vla evaluate`'s): the recorded key against the keys head's class, or the key "
+        "command nearest to the regression head's velocity.",
         "",
         "| action space | epochs | test MAE [95%] | key accuracy | macro-F1 | closed-loop success [95%] (k/n) | "
         "collisions |",
@@ -299,7 +259,7 @@ def action_space_section(result: dict[str, Any], plots: Path) -> list[str]:
         m, ci = offline["metrics"]["mae"], offline["intervals"]["mae"]
         lines.append(
             f"| `{space}` | {result['epochs'][space]} | {m:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (n={offline['n']}) | "
-            f"{100 * conf['accuracy']:.0f}% (n={conf['n']}) | {conf['macro_f1']:.2f} | {_pct(closed)} | "
+            f"{conf['accuracy']:.0f}% (n={conf['n']}) | {conf['macro_f1']:.2f} | {_pct(closed)} | "
             f"{100 * closed['collision_rate']:.0f}% |"
         )
     lines += [
@@ -313,11 +273,13 @@ def action_space_section(result: dict[str, Any], plots: Path) -> list[str]:
         "| key | " + " | ".join(f"`{s}`" for s in spaces) + " |",
         "|---|" + "---|" * len(spaces),
     ]
-    for name in confusions[spaces[0]]["per_class"]:
+    for name in confusions[spaces[0]]["classes"]:
+        if not confusions[spaces[0]]["per_class"][name]["n"]:
+            continue
         cells = []
         for space in spaces:
-            entry = confusions[space]["per_class"].get(name)
-            cells.append(f"{100 * entry['recall']:.0f}% (n={entry['n']})" if entry else "-")
+            entry = confusions[space]["per_class"][name]
+            cells.append(f"{entry['accuracy']:.0f}% (n={entry['n']})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"![confusion matrices]({plot.parent.name}/{plot.name})", ""]
     return lines
