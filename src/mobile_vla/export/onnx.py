@@ -61,10 +61,11 @@ HISTORY_MASK = "history_mask"
 HEAD_OUTPUTS = ("action", "action_chunk", "action_logits")
 PRECISIONS = ("fp32", "int8")
 INT8_OP_TYPES = ("MatMul", "Gemm")
-# Which graphs int8 quantises: the head only. Measured on this CPU (2-core EPYC, onnxruntime 1 thread): the
-# vision graph has no MatMul/Gemm (EfficientNet is convolutions) and dynamic int8 Conv (ConvInteger) made it
-# 2.5x slower (36.8 vs 14.4 ms per step); int8 MiniLM moved a Case 2 head's actions by 0.23 (the text graph
-# runs once per distinct instruction, so it would gain nothing per step). The head: 0.0017.
+# Which graphs int8 quantises: the head only. Measured on this CPU (2-core EPYC, onnxruntime, 1 thread;
+# benchmarks/onnx_runtime.py `vision_variants`): the vision graph has no MatMul/Gemm (EfficientNet is
+# convolutions), and dynamic int8 Conv (ConvInteger) made it 3.6x slower (59 vs 16.5 ms) with pooled features
+# off by up to 2.9. An int8 MiniLM text graph moved a one-epoch Case 2 head's actions by 0.23 (and it runs once
+# per distinct instruction, so it gains nothing per step). The int8 head: actions within 0.013 of fp32.
 INT8_GRAPHS = ("head",)
 INT8_TOLERANCE = 0.1
 
@@ -291,11 +292,15 @@ def quantize_int8(path: Path) -> dict[str, Any]:
     onnx.save(model, str(fp32))
     path.unlink()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "please consider pre-processing before quantization"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs "please consider pre-processing" on the root logger
+        try:
             quantize_dynamic(
                 str(fp32), str(path), op_types_to_quantize=list(INT8_OP_TYPES), weight_type=QuantType.QInt8
             )
+        finally:
+            root.setLevel(level)
     finally:
         fp32.unlink(missing_ok=True)
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
@@ -478,7 +483,7 @@ def export_onnx(
                 "weight_type": "QInt8",
                 "activations": "uint8, quantised per call (dynamic)",
                 "graphs": {name: quantize_int8(partial / graphs[name]["file"]) for name in INT8_GRAPHS},
-                "fp32": "the other graphs: int8 Conv (ConvInteger) ran 2.5x slower than fp32 on a CPU, and an "
+                "fp32": "the other graphs: int8 Conv (ConvInteger) ran 3.6x slower than fp32 on a CPU, and an "
                 "int8 text encoder moved the actions by ~0.2 (it runs once per instruction, so gains nothing)",
             }
         for graph in graphs.values():
