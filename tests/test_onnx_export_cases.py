@@ -197,12 +197,13 @@ def test_serve_runs_a_case4_export_with_chunk_reuse_and_reset(runs):
 
 
 @SLOW
-def test_case4_export_drives_the_simulator_exactly_as_the_run(runs):
+@pytest.mark.parametrize("case", ["case2", "case4"])
+def test_the_export_drives_the_simulator_exactly_as_the_run(runs, case):
     from mobile_vla.sim.evaluate import evaluate_closed_loop
 
     kwargs = {"episodes": 3, "seed": 0, "max_steps": 6, "progress": False}
-    theirs = evaluate_closed_loop(load_policy(runs / "case4", device="cpu"), **kwargs)
-    ours = evaluate_closed_loop(OnnxPolicy(runs / "case4-onnx"), **kwargs)
+    theirs = evaluate_closed_loop(load_policy(runs / case, device="cpu"), **kwargs)
+    ours = evaluate_closed_loop(OnnxPolicy(runs / f"{case}-onnx"), **kwargs)
     for a, b in zip(ours["records"], theirs["records"], strict=True):
         assert (a["scenario"], a["success"], a["collided"], a["steps"]) == (
             b["scenario"],
