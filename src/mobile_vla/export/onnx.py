@@ -20,8 +20,9 @@ Exported are runs on an exportable backbone (``lite``) whose head reads:
 
 Key-class heads (``action_space: keys``) decode inside the head graph (the arg-max class's velocity), so the
 runtime serves velocities either way. ``precision="int8"`` adds onnxruntime's dynamic int8 quantisation of the
-head graph's matrix products (``INT8_OP_TYPES``, ``INT8_GRAPHS`` says why only the head) after the fp32 export; its differences from PyTorch are measured and
-recorded (``verification``), with a looser default tolerance (``INT8_TOLERANCE``).
+head graph's matrix products (``INT8_OP_TYPES``; ``INT8_GRAPHS`` says why only the head) after the fp32
+export; its differences from PyTorch are measured and recorded (``verification``), with a looser default
+tolerance (``INT8_TOLERANCE``).
 """
 
 from __future__ import annotations

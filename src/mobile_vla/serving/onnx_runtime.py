@@ -9,8 +9,9 @@ server, protocol, API key, velocity limits and safe stop as the PyTorch runtime,
 torch backbone does it, the instruction tokenised with the exported tokenizer (``tokenizers``), each distinct
 instruction once. History heads (Case 4: ``model.json``'s ``history``) keep each episode's last W frames'
 features (one window per ``act_slots`` slot, the ``act`` episode in slot None), front-padded with a mask as
-the torch ``InferencePolicy`` does; ``reset()`` starts an episode. Nothing here imports torch, so a robot computer needs only numpy, pillow, tokenizers and
-onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT providers ``providers=`` selects).
+the torch ``InferencePolicy`` does; ``reset()`` starts an episode. Nothing here imports torch, so a robot
+computer needs only numpy, pillow, tokenizers and onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT
+providers ``providers=`` selects).
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ class OnnxPolicy:
                 f"got {len(images)} images, {len(instructions)} instructions, {len(slots)} slots"
             )
         unknown = [s for s in slots if s not in self._histories]
-        if unknown:
+        if unknown and self.history_features:  # single-frame heads keep nothing per slot
             raise KeyError(f"slots {unknown} were never started; call reset_slots first")
         return self._step(images, instructions, list(slots))["action"]
 
