@@ -496,7 +496,7 @@ def test_the_onnx_runtime_names_the_same_predicted_class(tmp_path):
     argv = ["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "export")]
     assert main([*argv, "--verify-frames", "2", "--no-progress"]) == 0
     sidecar = json.loads((tmp_path / "export" / "model.json").read_text())
-    assert sidecar["action_space"]["space"] == "keys" and sidecar["action_space"]["key_classes"] == list(
+    assert sidecar["action_space"]["kind"] == "keys" and sidecar["action_space"]["classes"] == list(
         PLANAR.names
     )
     onnx_policy, metadata = load_onnx_for_serving(tmp_path / "export")

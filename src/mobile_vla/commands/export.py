@@ -8,7 +8,8 @@ import json
 EPILOG = """\
 examples:
   mobile-vla export runs/case1 --format onnx --out exports/case1-onnx
-  mobile-vla export models:/case1@champion --format onnx --out exports/champion --opset 18
+  mobile-vla export models:/case2@champion --format onnx --out exports/champion --opset 18
+  mobile-vla export runs/case4 --out exports/case4-int8 --precision int8     # dynamic int8 matrix products
   mobile-vla serve exports/case1-onnx --runtime onnx            # onnxruntime, same protocol and safety
 
   # on a Jetson, TensorRT from the same file (not run here; see README "Serving to the robot"):
@@ -24,8 +25,10 @@ def register(subparsers) -> None:
         description="Write the frozen backbone (vision and text graphs) and the trained head of RUN as ONNX "
         "(opset >= 17, dynamic batch) plus model.json (preprocessing, action axes, velocity limits, "
         "fingerprints) and the tokenizer. The export checks itself: onnxruntime must reproduce PyTorch's "
-        "actions within --tolerance on --verify-frames frames, else nothing is written. Supported: single-"
-        "frame heads (case1, case3) on the lite backbone.",
+        "actions within --tolerance on --verify-frames frames (and, for history heads, stepped as one "
+        "episode), else nothing is written. Supported: every case on the lite backbone: case1/case3, case2 "
+        "with the reference embedding efficientnet-lite0 as its frozen CLIP (the vision graph's pooled "
+        "output), case4 (the runtime keeps the frame history); continuous and key-class heads.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,9 +40,21 @@ def register(subparsers) -> None:
     )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="fp32 (default) or int8: onnxruntime's dynamic int8 quantisation of the head graph's matrix "
+        "products (MatMul/Gemm) after the fp32 export; its parity is checked with a looser default --tolerance (0.1)",
+    )
+    p.add_argument(
         "--verify-frames", type=int, default=16, help="frames compared against PyTorch (0: skip; default 16)"
     )
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest |action difference| (default 1e-4)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest |action difference| from PyTorch (default 1e-4 for fp32, 0.1 for int8)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--json", action="store_true", help="print model.json")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -54,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         checkpoint=args.checkpoint,
         opset=args.opset,
+        precision=args.precision,
         verify_frames=args.verify_frames,
         tolerance=args.tolerance,
         overwrite=args.overwrite,
@@ -69,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
             if check
             else ""
         )
-        print(f"{args.out}: {files}, model.json (opset {sidecar['opset']}){parity}")
+        print(f"{args.out}: {files}, model.json (opset {sidecar['opset']}, {sidecar['precision']}){parity}")
     return 0

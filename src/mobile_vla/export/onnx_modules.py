@@ -8,7 +8,13 @@ them (PIL bicubic resize; the same tokenizer files).
 
     vision graph  pixels uint8 (B, 224, 224, 3)                          -> vision (B, Dv), image_tokens (B, N, Dtok)
     text graph    input_ids, attention_mask[, token_type_ids] int64 (B, L) -> text (B, Dt)  (masked mean)
-    head graph    one input per required feature                          -> action (B, A)
+    head graph    one input per required feature                          -> action (B, A)[, action_chunk (B, K, A)]
+
+Case 2's frozen "CLIP" embedding, offline the reference embedding ``efficientnet-lite0``, is the pooled map of
+the same EfficientNet-Lite0 tower as the ``lite`` backbone's (same weights file, same preprocessing), so it is
+the vision graph's ``vision`` output: the runtime computes the tower once per frame, as the torch backbones
+share it. Case 4's history window is assembled by the runtime from per-frame features (the vision graph's
+outputs for each frame as it arrives), front-padded with a mask exactly as ``data.windows.pad_history``.
 """
 
 from __future__ import annotations
@@ -73,15 +79,25 @@ class Kosmos2Vision(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """A trained head with positional inputs (one per feature, in ``feature_names`` order) -> action."""
+    """A trained head with positional inputs (one per feature, in ``feature_names`` order) -> its outputs.
 
-    def __init__(self, policy: nn.Module, feature_names: Sequence[str]) -> None:
+    ``output_names`` are keys of the head's output dict, in order (default just ``action``; Case 4 adds
+    ``action_chunk``, key-class heads ``action_logits``). The head's forward hooks run inside the graph, so a
+    key-class head's ``action`` is already the arg-max class's velocity."""
+
+    def __init__(
+        self, policy: nn.Module, feature_names: Sequence[str], output_names: Sequence[str] = ("action",)
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.feature_names = tuple(feature_names)
+        self.output_names = tuple(output_names)
 
-    def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        return self.policy(dict(zip(self.feature_names, features, strict=True)))["action"]  # (B, A)
+    def forward(self, *features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.policy(dict(zip(self.feature_names, features, strict=True)))
+        if len(self.output_names) == 1:
+            return outputs[self.output_names[0]]  # (B, A)
+        return tuple(outputs[name] for name in self.output_names)
 
 
 @dataclass

@@ -7,15 +7,18 @@ This is what ``mobile-vla serve DIR`` runs when DIR is an export (or with ``--ru
 server, protocol, API key, velocity limits and safe stop as the PyTorch runtime, since the server only sees a
 ``ControlPolicy``. The preprocessing is the sidecar's recipe: the frame is resized with PIL exactly as the
 torch backbone does it, the instruction tokenised with the exported tokenizer (``tokenizers``), each distinct
-instruction once. Nothing here imports torch, so a robot computer needs only numpy, pillow, tokenizers and
-onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT providers ``providers=`` selects).
+instruction once. History heads (Case 4: ``model.json``'s ``history``) keep each episode's last W frames'
+features (one window per ``act_slots`` slot, the ``act`` episode in slot None), front-padded with a mask as
+the torch ``InferencePolicy`` does; ``reset()`` starts an episode. Nothing here imports torch, so a robot
+computer needs only numpy, pillow, tokenizers and onnxruntime (or onnxruntime-gpu, whose CUDA/TensorRT
+providers ``providers=`` selects).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from mobile_vla.utils.images import decode_image
 
 FORMAT = "mobile-vla-onnx"
 SIDECAR = "model.json"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 REQUIRED_KEYS = (
     "format",
     "format_version",
@@ -110,8 +113,18 @@ def resize_frame(image: Any, spec: dict[str, Any]) -> np.ndarray:
     return np.asarray(pil.resize((width, height), resample), dtype=np.uint8)
 
 
+def pad_window(frames: Sequence[dict[str, np.ndarray]], length: int) -> tuple[list[dict], np.ndarray]:
+    """The last ``length`` per-frame feature dicts (oldest first), front-padded with the oldest, and the mask
+    (``(length,)`` bool, False on padding): ``data.windows.pad_history`` without torch."""
+    if not frames:
+        raise ValueError("a history window needs at least the current frame")
+    window = list(frames[-length:])
+    missing = length - len(window)
+    return [window[0]] * missing + window, np.array([False] * missing + [True] * len(window))
+
+
 class OnnxPolicy:
-    """A ``ControlPolicy`` over an ONNX export (single-frame heads).
+    """A ``ControlPolicy`` (and ``BatchControlPolicy``) over an ONNX export.
 
     Args:
         directory: the export (``model.json`` and the files it names).
@@ -138,9 +151,9 @@ class OnnxPolicy:
         # server names the chosen class as predicted_class.
         space = self.sidecar.get("action_space") or {}
         self.key_classes: tuple[str, ...] | None = (
-            tuple(space["key_classes"]) if space.get("space") == "keys" else None
+            tuple(space["classes"]) if space.get("kind") == "keys" else None
         )
-        self.key_velocities = np.asarray(space["key_velocities"], np.float32) if self.key_classes else None
+        self.key_velocities = np.asarray(space["velocities"], np.float32) if self.key_classes else None
         self.required_features: tuple[str, ...] = tuple(self.sidecar["required_features"])
         self.providers = list(providers or ["CPUExecutionProvider"])
         options = ort.SessionOptions()
@@ -164,10 +177,42 @@ class OnnxPolicy:
         self.image_spec = dict(self.sidecar["preprocessing"]["image"])
         self.text_spec = dict(self.sidecar["preprocessing"]["text"])
         self.text_inputs = [i.name for i in self.sessions["text"].get_inputs()]
+        self.head_inputs = {i["name"]: i for i in self.sidecar["graphs"]["head"].get("inputs", [])}
+        # Per-frame features -> (graph, output); format 1 exports name each vision output after its feature.
+        self.frame_features: dict[str, dict[str, Any]] = dict(self.sidecar.get("frame_features") or {}) or {
+            name: {"graph": "vision", "output": name} for name in self.outputs.get("vision", [])
+        }
+        for name, source in self.frame_features.items():
+            if (
+                source.get("graph") not in self.sessions
+                or source.get("output") not in self.outputs[source["graph"]]
+            ):
+                raise OnnxExportError(
+                    f"{self.directory / SIDECAR}: frame_features.{name} names {source.get('graph')}."
+                    f"{source.get('output')}, which no graph outputs"
+                )
+        history = self.sidecar.get("history") or None
+        self.history_length = int(history["length"]) if history else 1
+        self.history_features: dict[str, str] = dict(history["features"]) if history else {}
+        self.history_mask: str | None = history.get("mask") if history else None
+        missing = [n for n in self.required_features if not self._can_compute(n)]
+        if missing:
+            raise OnnxExportError(
+                f"{self.directory / SIDECAR}: required_features {missing} are computed by no graph "
+                "(frame_features/history)"
+            )
         self.tokenizer = self._load_tokenizer()
         self._text_memo: dict[str, np.ndarray] = {}
+        self._histories: dict[Hashable, list[dict[str, np.ndarray]]] = {None: []}
         self.timings: dict[str, float] = {}
         self.device = f"onnxruntime:{self.sessions['head'].get_providers()[0]}"
+
+    def _can_compute(self, name: str) -> bool:
+        if name == "text" or name in self.frame_features:
+            return True
+        if name in self.history_features:
+            return self.history_features[name] in self.frame_features
+        return name == self.history_mask and self.history_mask is not None
 
     def _load_tokenizer(self):
         from tokenizers import Tokenizer
@@ -185,22 +230,47 @@ class OnnxPolicy:
 
     # ---- ControlPolicy ------------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Single-frame heads keep no history: nothing to forget."""
+        """Start a new episode: forget the frame history (nothing to forget for single-frame heads)."""
+        self.reset_slots([None])
+
+    def observe(self, image: Any) -> None:
+        """Add a frame to the episode's history without predicting (as ``InferencePolicy.observe``)."""
+        if self.history_length > 1:
+            pixels = np.stack([resize_frame(image, self.image_spec)])
+            frame = self._frame_features(pixels)
+            self._push(self._histories[None], {n: v[0] for n, v in frame.items()})
 
     def act(self, image: Any, instruction: str) -> np.ndarray:
-        """One velocity command ``(A,)`` (float32)."""
-        return self.act_batch([image], [instruction])[0]
+        """One velocity command ``(A,)`` (float32) for the next frame of the current episode."""
+        return self._step([image], [instruction], [None])["action"][0]
 
-    def reset_slots(self, slots: Sequence[int]) -> None:
-        """``BatchControlPolicy``: single-frame heads keep no per-episode state."""
+    def act_chunk(self, image: Any, instruction: str) -> np.ndarray:
+        """The next ``K`` commands ``(K, A)`` for chunking heads (Case 4's ``action_chunk``)."""
+        outputs = self._step([image], [instruction], [None])
+        if "action_chunk" not in outputs:
+            raise NotImplementedError(
+                f"{self.sidecar['case']} predicts one action per step, not a chunk; use act()"
+            )
+        return outputs["action_chunk"][0]
+
+    def reset_slots(self, slots: Sequence[Hashable]) -> None:
+        """``BatchControlPolicy``: start new episodes in ``slots`` (their histories are forgotten)."""
+        for slot in slots:
+            self._histories[slot] = []
 
     def act_slots(
-        self, images: Sequence[Any], instructions: Sequence[str], slots: Sequence[int]
+        self, images: Sequence[Any], instructions: Sequence[str], slots: Sequence[Hashable]
     ) -> np.ndarray:
-        """``BatchControlPolicy``: ``(B, A)`` for the episodes in ``slots``; each row reads its own frame only."""
-        if len(slots) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(slots)} slots")
-        return self.act_batch(images, instructions)
+        """``BatchControlPolicy``: ``(B, A)`` for the next frame of the episodes in ``slots``; each row reads
+        its own episode's frames only (one frame, or that episode's window)."""
+        if not len(images) == len(instructions) == len(slots):
+            raise ValueError(
+                f"got {len(images)} images, {len(instructions)} instructions, {len(slots)} slots"
+            )
+        unknown = [s for s in slots if s not in self._histories]
+        if unknown and self.history_features:  # single-frame heads keep nothing per slot
+            raise KeyError(f"slots {unknown} were never started; call reset_slots first")
+        return self._step(images, instructions, list(slots))["action"]
 
     def act_encoded(self, image_bytes: bytes, instruction: str) -> np.ndarray:
         image, decode_ms = decode_image(image_bytes)
@@ -226,7 +296,28 @@ class OnnxPolicy:
         return self._text_memo[instruction]
 
     def act_batch(self, images: Sequence[Any], instructions: Sequence[str]) -> np.ndarray:
-        """``(B, A)`` commands for independent frames."""
+        """``(B, A)`` commands for independent frames; a history head sees each frame as its episode's first
+        (the window is that frame, padded), as the torch runtime's ``act_batch``."""
+        return self._step(images, instructions, None)["action"]
+
+    def _frame_features(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Every per-frame feature of a batch of resized frames: ``{name: (B, ...)}``, each graph run once."""
+        results: dict[str, dict[str, np.ndarray]] = {}
+        for graph in dict.fromkeys(src["graph"] for src in self.frame_features.values()):
+            (spec,) = self.sidecar["graphs"][graph]["inputs"]
+            outputs = self.sessions[graph].run(self.outputs[graph], {spec["name"]: pixels})
+            results[graph] = dict(zip(self.outputs[graph], outputs, strict=True))
+        return {name: results[src["graph"]][src["output"]] for name, src in self.frame_features.items()}
+
+    def _push(self, history: list[dict[str, np.ndarray]], frame: dict[str, np.ndarray]) -> None:
+        history.append(frame)
+        del history[: -self.history_length]
+
+    def _step(
+        self, images: Sequence[Any], instructions: Sequence[str], slots: list[Hashable] | None
+    ) -> dict[str, np.ndarray]:
+        """The head on a batch: with ``slots`` each row's frame joins its episode's history first; without
+        (``act_batch``) each frame is alone."""
         if len(images) != len(instructions):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
         for i, text in enumerate(instructions):
@@ -235,18 +326,32 @@ class OnnxPolicy:
         t0 = time.perf_counter()
         pixels = np.stack([resize_frame(im, self.image_spec) for im in images])  # (B, h, w, 3) uint8
         t1 = time.perf_counter()
-        features: dict[str, np.ndarray] = {}
-        if "vision" in self.sessions:
-            (spec,) = self.sidecar["graphs"]["vision"]["inputs"]
-            outputs = self.sessions["vision"].run(self.outputs["vision"], {spec["name"]: pixels})
-            features.update(zip(self.outputs["vision"], outputs, strict=True))
+        frame = self._frame_features(pixels) if self.frame_features else {}
+        features: dict[str, np.ndarray] = {n: frame[n] for n in self.required_features if n in frame}
         if "text" in self.required_features:
             features["text"] = np.stack([self.text_feature(t) for t in instructions])  # (B, Dt)
+        if self.history_features:
+            windows, masks = [], []
+            for i in range(len(images)):
+                own = {n: v[i] for n, v in frame.items()}
+                if slots is None:
+                    window, mask = pad_window([own], self.history_length)
+                else:
+                    history = self._histories[slots[i]]
+                    self._push(history, own)
+                    window, mask = pad_window(history, self.history_length)
+                windows.append(window)
+                masks.append(mask)
+            for name, source in self.history_features.items():
+                features[name] = np.stack([np.stack([f[source] for f in w]) for w in windows])  # (B, W, ...)
+            if self.history_mask:
+                features[self.history_mask] = np.stack(masks)  # (B, W) bool
         t2 = time.perf_counter()
-        feeds = {
-            name: np.ascontiguousarray(features[name], dtype=np.float32) for name in self.required_features
-        }
-        (action,) = self.sessions["head"].run(["action"], feeds)
+        feeds = {}
+        for name in self.required_features:
+            dtype = np.bool_ if self.head_inputs.get(name, {}).get("dtype") == "bool" else np.float32
+            feeds[name] = np.ascontiguousarray(features[name], dtype=dtype)
+        outputs = self.sessions["head"].run(self.outputs["head"], feeds)
         t3 = time.perf_counter()
         self.timings = {
             "decode_ms": 0.0,
@@ -255,7 +360,9 @@ class OnnxPolicy:
             "head_ms": (t3 - t2) * 1e3,
             "total_ms": (t3 - t0) * 1e3,
         }
-        return np.asarray(action, dtype=np.float32)
+        return {
+            n: np.asarray(v, dtype=np.float32) for n, v in zip(self.outputs["head"], outputs, strict=True)
+        }
 
     def info(self) -> dict[str, Any]:
         """What the server's ``/model/info`` reports."""
@@ -278,6 +385,9 @@ class OnnxPolicy:
             "onnx": {
                 "export_dir": str(self.directory),
                 "opset": s.get("opset"),
+                "precision": s.get("precision", "fp32"),
+                "action_space": (s.get("action_space") or {}).get("kind", "continuous"),
+                "history_length": self.history_length,
                 "fingerprints": s.get("fingerprints"),
                 "verification": s.get("verification"),
             },
