@@ -456,3 +456,27 @@ def test_cache_cli_builds_reports_and_clears(episodes_dir, tmp_path, monkeypatch
     assert cli("clear", "--backbone", "lite")[0] == 1  # no entries of that backbone
     assert cli("clear", "--backbone", "kosmos2-tiny")[0] == 0
     assert json.loads(cli("info", "--json")[1])["entries"] == 0
+
+
+def test_build_precomputes_the_mirrored_views_for_mirror_training(episodes_dir, cache):
+    from mobile_vla.data.cache import text_key
+    from mobile_vla.data.mirror import mirror_instruction
+
+    backbone = CountingBackbone()
+    episodes = [e for e in EpisodeDataset(episodes_dir).episodes if e.instruction.endswith("left")]
+    n_frames = sum(e.num_frames for e in episodes)
+    build_cache(
+        backbone, episodes, cache=cache, kinds=("vision", "image_tokens"), mirrored=True, progress=False
+    )
+    assert backbone.items["encode_images_with_tokens"] == 2 * n_frames  # each frame and its mirror image
+
+    cached = CachedBackbone(backbone, cache)
+    episode = episodes[0]
+    mirrored = [FrameRef(episode, f, mirrored=True) for f in range(episode.num_frames)]
+    features = cached.image_features(mirrored)["vision"]
+    assert backbone.items["encode_images_with_tokens"] == 2 * n_frames  # served from the cache
+    expected = backbone.encode_images([np.asarray(ref.load_image()) for ref in mirrored])
+    assert torch.allclose(features, expected)  # the flipped image's features, not the original's
+    texts = {mirror_instruction(e.instruction) for e in episodes} - {e.instruction for e in episodes}
+    assert texts, "only the left-side episodes: their mirrored instructions name the right"
+    assert all(cached.cache.contains(cached.namespace, "text", text_key(t)) for t in texts)

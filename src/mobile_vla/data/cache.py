@@ -789,8 +789,10 @@ def build_cache(
     kinds: Sequence[str] = ("vision",),
     batch_size: int = 16,
     progress: bool = True,
+    mirrored: bool = False,
 ) -> CacheStats:
-    """Precompute `kinds` for every frame of `episodes` and `text` for every distinct instruction.
+    """Precompute `kinds` for every frame of `episodes` and `text` for every distinct instruction; with
+    `mirrored`, each frame's left/right mirror image too (what `TrainConfig.mirror` trains on).
 
     Frames already cached are skipped without reading their images; the rest go through the backbone in
     batches of `batch_size`. Returns the cache's statistics for this build.
@@ -803,7 +805,8 @@ def build_cache(
     cached = CachedBackbone(backbone, cache, keep_tokens="image_tokens" in kinds)
     before = CacheStats(**cached.cache.stats.to_dict())
     episodes = list(episodes)
-    refs = [FrameRef(e, f) for e in episodes for f in range(e.num_frames)]
+    views = (False, True) if mirrored else (False,)
+    refs = [FrameRef(e, f, m) for e in episodes for f in range(e.num_frames) for m in views]
     todo = [r for r in refs if not all(cached.cache.contains(cached.namespace, k, r.key) for k in kinds)]
 
     bar = tqdm(
@@ -818,7 +821,12 @@ def build_cache(
             chunk = todo[start : start + batch_size]
             cached.image_features(chunk, kinds)
             bar.update(len(chunk))
-    texts = sorted({e.instruction for e in episodes})
+    texts = {e.instruction for e in episodes}
+    if mirrored:
+        from mobile_vla.data.mirror import mirror_instruction
+
+        texts |= {mirror_instruction(t) for t in texts}
+    texts = sorted(texts)
     if texts:
         cached.text_features(texts)
     after = cached.cache.stats.to_dict()

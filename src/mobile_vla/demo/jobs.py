@@ -119,19 +119,21 @@ def collect_data(
     return {"episodes": episodes, "seconds": round(time.perf_counter() - started, 1), "mix": mix}
 
 
-def cache_features(backbone: Any, data_dir: Path, progress: bool) -> Any:
+def cache_features(backbone: Any, data_dir: Path, progress: bool, mirrored: bool = False) -> Any:
     from mobile_vla.data import EpisodeDataset
     from mobile_vla.data.cache import build_cache
 
     episodes = EpisodeDataset(data_dir).episodes
-    return build_cache(backbone, episodes, kinds=("vision", "image_tokens"), progress=progress)
+    return build_cache(
+        backbone, episodes, kinds=("vision", "image_tokens"), progress=progress, mirrored=mirrored
+    )
 
 
 def collect_and_cache_job(
-    profile: str, data_dir: Path, episodes: int, seed: int, image_size: int, mix: str
+    profile: str, data_dir: Path, episodes: int, seed: int, image_size: int, mix: str, mirrored: bool = False
 ) -> dict[str, Any]:
     collected = collect_data(data_dir, episodes, seed, image_size, mix, progress=False)
-    cache_features(_worker_backbone(profile), data_dir, progress=False)
+    cache_features(_worker_backbone(profile), data_dir, progress=False, mirrored=mirrored)
     return {**collected, "data_dir": str(data_dir), "status": "finished"}
 
 
