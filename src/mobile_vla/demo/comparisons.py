@@ -41,7 +41,7 @@ def run_comparisons(
         "uniform": root / f"{case}_imbalanced_uniform",
         "balanced": root / f"{case}_imbalanced_balanced",
     }
-    sampling_budget = {"epochs": plan.comparison_epochs}
+    sampling_budget = {"epochs": plan.comparison_epochs or config.epochs}
     configs = {
         "action_space": plan.train_config(case, {"policy": {"action_space": other}}),
         "uniform": plan.train_config(case, {**sampling_budget, "sampling": "uniform"}),
@@ -51,7 +51,7 @@ def run_comparisons(
     }
     print(
         f"   {case} with action_space={other} on the same data; uniform vs balanced sampling on "
-        f"{imbalanced['episodes']} imbalanced episodes ({plan.imbalanced_mix}), {plan.comparison_epochs} epochs each"
+        f"{imbalanced['episodes']} imbalanced episodes ({plan.imbalanced_mix}), up to {sampling_budget['epochs']} epochs each"
     )
     data = {"action_space": data_dir, "uniform": imbalanced_dir, "balanced": imbalanced_dir}
     print("   training:", flush=True)
@@ -86,7 +86,7 @@ def run_comparisons(
             "data_dir": str(imbalanced_dir),
             "mix": plan.imbalanced_mix,
             "episodes": imbalanced["episodes"],
-            "epochs_cap": plan.comparison_epochs,
+            "epochs_cap": sampling_budget["epochs"],
             "runs": {k: str(runs[k]) for k in ("uniform", "balanced")},
             "closed": {k: done[k]["closed"] for k in ("uniform", "balanced")},
             "epochs": {k: trained[k].get("epochs_completed") for k in ("uniform", "balanced")},
