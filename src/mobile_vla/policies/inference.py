@@ -132,9 +132,8 @@ class InferencePolicy:
         self.timings: dict[str, float] = {}
         # Heads that ask for ``history_*`` features (Case 4) get them from per-frame features, each frame
         # encoded once when it arrives, and a padding mask, as the window dataset gives them in training.
-        self._per_frame_history = self.history_length > 1 and any(
-            name in HISTORY_FEATURES for name in self.policy.required_features
-        )
+        # (W = 1 included: such a head still reads ``(B, 1, ...)`` windows and a mask.)
+        self._per_frame_history = any(name in HISTORY_FEATURES for name in self.policy.required_features)
         # One frame history per episode: `act` drives the episode in slot None, `act_slots` any others.
         self._histories: dict[Hashable, FrameHistory] = {None: FrameHistory(self.history_length)}
 
@@ -256,7 +255,7 @@ class InferencePolicy:
     ) -> dict[str, np.ndarray]:
         """One step of the episodes in ``slots``: push each new frame into its episode's history, run the
         head on the batch of windows."""
-        if self.history_length == 1:
+        if self.history_length == 1 and not self._per_frame_history:
             return self._forward(frames, instructions, t0)
         histories = [self._histories[slot] for slot in slots]
         if not self._per_frame_history:  # the window's images go through the provider
