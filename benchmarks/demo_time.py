@@ -40,13 +40,17 @@ def record(summary: dict[str, Any]) -> dict[str, Any]:
         "cases": cases,
         "expert_closed_loop_success": summary.get("expert_closed_loop_success"),
         "champion": (summary.get("champion") or {}).get("name"),
-        "plan": {k: summary["plan"].get(k) for k in ("episodes", "closed_loop_episodes", "epochs", "workers")},
+        "plan": {
+            k: summary["plan"].get(k) for k in ("episodes", "closed_loop_episodes", "epochs", "workers")
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", type=Path, help="a finished demo's demo_summary.json instead of a new run")
+    parser.add_argument(
+        "--summary", type=Path, help="a finished demo's demo_summary.json instead of a new run"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine()}
     if args.summary:

@@ -123,3 +123,29 @@ def test_a_failing_job_is_named(tmp_path):
                 )
         finally:
             pool.close()
+
+
+def test_follow_up_jobs_run_once_their_job_has_finished(capsys):
+    from mobile_vla.demo.jobs import JobPool
+
+    calls = []
+
+    def job(profile, label):
+        calls.append(label)
+        return {"label": label, "profile": profile}
+
+    def evaluate_when_trained(name, result):
+        assert result["label"] == name and result["job_seconds"] >= 0
+        return {f"{name} evaluation": (job, (f"{name} evaluation",))} if name in ("train a", "train b") else None
+
+    pool = JobPool(1, "lite")
+    results = pool.run(
+        {"train a": (job, ("train a",)), "train b": (job, ("train b",)), "expert": (job, ("expert",))},
+        order=["train b"],
+        then=evaluate_when_trained,
+    )
+    # Queued after the jobs already waiting, each after its own job.
+    assert calls == ["train b", "train a", "expert", "train b evaluation", "train a evaluation"]
+    assert set(results) == set(calls) and results["train a evaluation"]["profile"] == "lite"
+    with pytest.raises(ValueError, match="reuse job names"):
+        pool.run({"train a": (job, ("train a",))}, then=lambda name, _: {name: (job, (name,))})

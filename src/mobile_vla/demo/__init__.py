@@ -7,10 +7,11 @@ Steps (each prints progress):
    in the robot's HDF5 format;
 2. validate them;
 3. build the frozen-feature cache of the `lite` backbone (one backbone pass per frame, shared by every case);
-4. train `case1`..`case4` with the standard recipe (see `DemoPlan` for the two settings the demo states
-   explicitly);
-5. evaluate each on the test split (offline metrics with n and bootstrap intervals) and in closed loop on
-   simulator seeds never used for collection (success rate with n and a Wilson interval);
+4. train `case1`..`case4` with the standard recipe (`DemoPlan` lists where the demo departs from a preset,
+   and why), and evaluate each as soon as it is trained, while the longer trainings go on: on the test split
+   (offline metrics with n and bootstrap intervals) and in closed loop on simulator seeds never used for
+   collection (success rate with n and a Wilson interval);
+5. print the results;
 6. record everything in the registry (MLflow, under OUT/mlruns), promote the best case by closed-loop success
    to `champion`, and write the registry document `OUT/report.md` with its plots.
 """
@@ -248,8 +249,8 @@ def run_demo(
     pool = JobPool(plan.workers, plan.backbone)
     try:
         t = _step(
-            f"4/{steps} training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs; "
-            f"{pool.describe()})"
+            f"4/{steps} training {', '.join(plan.cases)} (standard recipe, up to {plan.epochs} epochs), each "
+            f"evaluated once trained: offline (test split), closed loop (held-out seeds); {pool.describe()}"
         )
         configs = {case: plan.train_config(case) for case in plan.cases}
         run_dirs = {case: out / "runs" / case for case in plan.cases}
@@ -267,7 +268,16 @@ def run_demo(
                     plan.mirror > 0,
                 ),
             )
-        results = pool.run(jobs, order=_by_expected_cost(configs, backbone))
+        jobs["expert"] = (expert_job, (plan.closed_loop_episodes, plan))
+
+        def evaluate_when_trained(name: str, result: dict[str, Any]) -> dict[str, Any] | None:
+            # Each case is evaluated as soon as it is trained, while longer trainings (Case 4) go on.
+            if name not in configs:
+                return None
+            args = (run_dirs[name], data_dir, plan.closed_loop_episodes, plan, name)
+            return {f"{name} evaluation": (evaluate_job, args)}
+
+        results = pool.run(jobs, order=_by_expected_cost(configs, backbone), then=evaluate_when_trained)
         for case in plan.cases:
             result = results[case]
             registry.record_run_dir(run_dirs[case])
@@ -277,18 +287,13 @@ def run_demo(
                 "epochs": result.get("epochs_completed"),
                 "train_seconds": result["job_seconds"],
             }
-        summary["stages"]["train"] = round(time.perf_counter() - t, 1)
+        summary["stages"]["train_and_evaluate"] = round(time.perf_counter() - t, 1)
         _done(t)
 
-        t = _step(f"5/{steps} evaluating: offline (test split) and closed loop (held-out simulator seeds)")
-        eval_jobs = {
-            case: (evaluate_job, (run_dirs[case], data_dir, plan.closed_loop_episodes, plan, case))
-            for case in plan.cases
-        }
-        eval_jobs["expert"] = (expert_job, (plan.closed_loop_episodes, plan))
-        evaluated = pool.run(eval_jobs)
+        t = _step(f"5/{steps} results: offline (test split) and closed loop (held-out simulator seeds)")
         for case in plan.cases:
-            offline, closed = evaluated[case]["offline"], evaluated[case]["closed"]
+            evaluated = results[f"{case} evaluation"]
+            offline, closed = evaluated["offline"], evaluated["closed"]
             registry.log_evaluation(run_dirs[case], "test", offline)
             registry.log_closed_loop(run_dirs[case], closed)
             m, ci = offline["metrics"], offline["intervals"]
@@ -308,10 +313,9 @@ def run_demo(
                 closed_loop_n=closed["n"],
                 closed_loop_steps_per_s=closed["timing"]["steps_per_s"],
             )
-        expert = evaluated["expert"]["closed"]
+        expert = results["expert"]["closed"]
         summary["expert_closed_loop_success"] = expert["success_rate"]
         print(f"   reference: scripted expert {fmt_rate(expert)}")
-        summary["stages"]["evaluate"] = round(time.perf_counter() - t, 1)
         _done(t)
 
         t = _step(f"6/{steps} registry: promote the best case by closed-loop success")
@@ -335,7 +339,14 @@ def run_demo(
         if plan.comparisons and champion_case in configs:
             t = _step(f"7/{steps} comparisons on the champion's case ({champion_case}; {pool.describe()})")
             comparisons = run_comparisons(
-                pool, plan, out, champion_case, configs[champion_case], data_dir, results, evaluated
+                pool,
+                plan,
+                out,
+                champion_case,
+                configs[champion_case],
+                data_dir,
+                results,
+                {case: results[f"{case} evaluation"] for case in plan.cases},
             )
             summary["comparisons"] = comparisons
             summary["stages"]["comparisons"] = round(time.perf_counter() - t, 1)

@@ -54,9 +54,7 @@ def run_comparisons(
         f"{imbalanced['episodes']} imbalanced episodes ({plan.imbalanced_mix}), up to {sampling_budget['epochs']} epochs each"
     )
     data = {"action_space": data_dir, "uniform": imbalanced_dir, "balanced": imbalanced_dir}
-    print("   training:", flush=True)
-    trained = pool.run({k: (train_job, (configs[k], data[k], runs[k])) for k in runs})
-    jobs = {
+    evaluations = {
         "action_space": (
             evaluate_job,
             (runs["action_space"], data_dir, plan.closed_loop_episodes, plan, f"{case} ({other})"),
@@ -66,8 +64,13 @@ def run_comparisons(
             for k in ("uniform", "balanced")
         },
     }
-    print("   evaluating:", flush=True)
-    done = pool.run(jobs)
+    print("   training, each run evaluated as soon as it is trained:", flush=True)
+    finished = pool.run(
+        {k: (train_job, (configs[k], data[k], runs[k])) for k in runs},
+        then=lambda name, _: {f"{name} evaluation": evaluations[name]} if name in evaluations else None,
+    )
+    trained = {k: finished[k] for k in runs}
+    done = {k: finished[f"{k} evaluation"] for k in runs}
     for key in runs:
         closed = done[key]["closed"]
         print(f"   {key}: {runs[key].name}: closed-loop success {fmt_rate(closed)}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,8 @@ class JobPool:
 
     A job is `(function, args)`; the function is called as `function(backbone_profile, *args)` and returns a
     picklable dict. `run` prints each job's start and end (the pool's progress) and returns every result by
-    name; a job that raises re-raises here with its name.
+    name; a job that raises re-raises here with its name. A job's follow-ups (`then`) are queued the moment it
+    finishes, so that, say, a case's evaluation runs while a longer training still occupies the other worker.
     """
 
     def __init__(self, workers: int, profile: str, threads: int = 1) -> None:
@@ -167,34 +169,57 @@ class JobPool:
         return f"{self.workers} worker processes, {self.threads} thread each"
 
     def run(
-        self, jobs: dict[str, tuple[Any, tuple[Any, ...]]], order: list[str] | None = None
+        self,
+        jobs: dict[str, tuple[Any, tuple[Any, ...]]],
+        order: list[str] | None = None,
+        then: Callable[[str, dict[str, Any]], dict[str, tuple[Any, tuple[Any, ...]]] | None] | None = None,
     ) -> dict[str, Any]:
+        """Every job's result by name, follow-ups included: `then(name, result)` may return more jobs, queued
+        as soon as `name` finishes (after the jobs already queued)."""
+        jobs = dict(jobs)
         names = [n for n in (order or []) if n in jobs] + [n for n in jobs if n not in (order or [])]
+        queue = [(name, jobs[name]) for name in names]
         results: dict[str, Any] = {}
+
+        def finished(name: str, value: dict[str, Any], seconds: float) -> list[tuple[str, Any]]:
+            results[name] = self._finish(name, value, seconds)
+            more = (then(name, results[name]) if then else None) or {}
+            clash = sorted(set(more) & (set(results) | set(jobs)))
+            if clash:
+                raise ValueError(f"follow-up jobs of {name!r} reuse job names: {clash}")
+            jobs.update(more)
+            return list(more.items())
+
         if self._executor is None:
-            for name in names:
-                function, args = jobs[name]
+            while queue:
+                name, (function, args) = queue.pop(0)
                 print(f"   - {name}: started", flush=True)
                 try:
                     value, seconds = _timed(function, self.profile, *args)
                 except Exception as exc:
                     raise RuntimeError(f"demo job {name!r} failed: {type(exc).__name__}: {exc}") from exc
-                results[name] = self._finish(name, value, seconds)
+                queue.extend(finished(name, value, seconds))
             return results
-        from concurrent.futures import as_completed
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        futures = {}
-        for name in names:
-            function, args = jobs[name]
-            futures[self._executor.submit(_timed, function, self.profile, *args)] = name
-        print(f"   - queued on {self.workers} workers: {', '.join(names)}", flush=True)
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                value, seconds = future.result()
-            except Exception as exc:
-                raise RuntimeError(f"demo job {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            results[name] = self._finish(name, value, seconds)
+        pending: dict[Any, str] = {}
+
+        def submit(batch: list[tuple[str, Any]]) -> None:
+            for name, (function, args) in batch:
+                pending[self._executor.submit(_timed, function, self.profile, *args)] = name
+            if batch:
+                print(f"   - queued on {self.workers} workers: {', '.join(n for n, _ in batch)}", flush=True)
+
+        submit(queue)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                name = pending.pop(future)
+                try:
+                    value, seconds = future.result()
+                except Exception as exc:
+                    raise RuntimeError(f"demo job {name!r} failed: {type(exc).__name__}: {exc}") from exc
+                submit(finished(name, value, seconds))
         return results
 
     @staticmethod
