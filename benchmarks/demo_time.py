@@ -1,11 +1,12 @@
 """The main job's wall time on this machine: `mobile-vla demo` with its default plan, from an empty cache.
 
     python benchmarks/demo_time.py                       # run the full demo (about 10-15 minutes on 2 cores)
+    python benchmarks/demo_time.py --out DIR             # keep the demo's output (report, runs) in DIR
     python benchmarks/demo_time.py --summary OUT/demo_summary.json   # record a demo that already ran
 
 The run uses a fresh feature cache (`MOBILE_VLA_CACHE` in a temporary directory, so the backbone encodes
 every frame and the vision tower is exported to ONNX anew, as on a new machine) and a temporary output
-directory. Writes benchmarks/results/demo.json: the total seconds, each stage's seconds, each case's training
+directory (or `--out`). Writes benchmarks/results/demo.json: the total seconds, each stage's seconds, each case's training
 seconds, epochs and closed-loop success with its n and Wilson interval, and the machine (its load average at
 the start says how shared it was). The target is at most 15 minutes on 2 idle cores.
 """
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument(
         "--summary", type=Path, help="a finished demo's demo_summary.json instead of a new run"
     )
+    parser.add_argument(
+        "--out", type=Path, help="keep the demo's output here (default: a temporary directory)"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine()}
     if args.summary:
@@ -63,7 +67,7 @@ def main() -> None:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             from mobile_vla.demo import run_demo
 
-            summary = run_demo(Path(tmp) / "demo_out", progress=False)
+            summary = run_demo(args.out or Path(tmp) / "demo_out", progress=False)
         result["source"] = "run by this script (fresh cache)"
     result.update(record(summary))
     print(f"demo: {result['seconds']:.0f} s ({result['minutes']} min); stages {result['stages_s']}")
