@@ -45,9 +45,9 @@ class DemoPlan:
             trains on to epoch ~17 and drives far better.
         mirror: probability that a training frame is replaced by its left/right mirror image (the image
             flipped, "left"/"right" swapped in the instruction, `linear_y` negated; `data.mirror`). Heads
-            trained without it lean to one side (Case 4 succeeded in 8% of `1box_hori_left` episodes and 67% of
-            `1box_hori_right` ones); with it, on dev seeds (n=96), Case 1 went from 78% to 96% and Case 4 from
-            38% to 65% (docs/DRIVING.md).
+            trained without it lean to one side (Case 4's key-class head succeeded in 8% of `1box_hori_left`
+            episodes and 67% of `1box_hori_right` ones); with it, on dev seeds (n=96), Case 1 went from 78% to
+            96% and that Case 4 from 38% to 65% (docs/DRIVING.md).
         frame_selection: `all` frames of every training episode each epoch. The seed's recipe draws one
             `random` frame per episode per epoch, made for 18-frame episodes the lab could not afford to
             encode more than once; with cached features every frame costs nothing after its first pass.
@@ -410,9 +410,9 @@ DEPARTURE_REASONS: dict[str, str] = {
     "whole job fits in 15 minutes on 2 CPU cores.",
     "early_stopping_patience": "the validation split holds ~10 episodes, so its loss is noisy: with the seed's "
     "patience of 3 Case 1 once stopped after 5 of 20 epochs (an early lucky epoch stood for three noisy ones).",
-    "mirror": "left/right mirror augmentation: heads trained without it lean to one side (Case 4: 8% success "
-    "on `1box_hori_left`, 67% on `1box_hori_right`); with it Case 1 went from 78% to 96% and Case 4 from 38% to "
-    "65% on dev seeds, n=96 (docs/DRIVING.md).",
+    "mirror": "left/right mirror augmentation: heads trained without it lean to one side (Case 4's key-class "
+    "head: 8% success on `1box_hori_left`, 67% on `1box_hori_right`); with it Case 1 went from 78% to 96% and that "
+    "Case 4 from 38% to 65% on dev seeds, n=96 (docs/DRIVING.md).",
     "drop_start_frame": "frame 0 (`episode_start`, action 0) shows the same image as frame 1 (the first key "
     "press): the two labels of one image conflict, and a policy that learns to stop on the start view never "
     "moves, since the view does not change while it stands still.",
