@@ -65,6 +65,7 @@ def main() -> None:
             os.environ["MOBILE_VLA_CACHE"] = str(Path(tmp) / "cache")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mobile_vla.demo import run_demo
 
             summary = run_demo(args.out or Path(tmp) / "demo_out", progress=False)

@@ -73,30 +73,28 @@ def test_case4_evaluation_reports_first_step_and_chunk_metrics(case4_run):
     assert np.allclose(saved["chunk_predictions"][:, 0], saved["predictions"])
 
 
-def test_case4_inference_steps_through_an_episode_like_the_window_dataset(case4_run):
-    run_dir, trainer, _ = case4_run
+def assert_inference_steps_like_the_window_dataset(run_dir, trainer, history: int) -> None:
+    """Acting frame by frame through an episode gives the window dataset's predictions."""
     policy = load_policy(run_dir, device="cpu", backbone=FakeBackbone())
-    assert policy.history_length == 3
-    dataset = WindowDataset(trainer.datasets["train"].episodes[:1], history=3, chunk=4, horizon=2)
+    assert policy.history_length == history
+    dataset = WindowDataset(trainer.datasets["train"].episodes[:1], history=history, chunk=4, horizon=2)
     offline = predict_dataset(policy.policy, policy.provider, dataset, batch_size=5, device="cpu")
     episode = dataset.episodes[0]
     policy.reset()
     online = [policy.act(episode.image(t), episode.instruction) for t in range(episode.num_frames)]
     assert np.allclose(np.stack(online), offline["predictions"], atol=1e-5)
+
+
+def test_case4_inference_steps_through_an_episode_like_the_window_dataset(case4_run):
+    run_dir, trainer, _ = case4_run
+    assert_inference_steps_like_the_window_dataset(run_dir, trainer, history=3)
 
 
 def test_case4_with_a_one_frame_window_steps_like_the_window_dataset(episodes, tmp_path):
     # W = 1 still reads (B, 1, ...) history features and a mask: inference must build them per frame.
     policy_config = {**SMALL_CASE4, "history_length": 1, "use_vision_resampler": False}
     trainer, _ = train("case4", episodes, tmp_path / "w1", epochs=1, policy=policy_config, lr=1e-3)
-    policy = load_policy(tmp_path / "w1", device="cpu", backbone=FakeBackbone())
-    assert policy.history_length == 1
-    dataset = WindowDataset(trainer.datasets["train"].episodes[:1], history=1, chunk=4, horizon=2)
-    offline = predict_dataset(policy.policy, policy.provider, dataset, batch_size=5, device="cpu")
-    episode = dataset.episodes[0]
-    policy.reset()
-    online = [policy.act(episode.image(t), episode.instruction) for t in range(episode.num_frames)]
-    assert np.allclose(np.stack(online), offline["predictions"], atol=1e-5)
+    assert_inference_steps_like_the_window_dataset(tmp_path / "w1", trainer, history=1)
 
 
 def test_case4_inference_returns_the_chunk_and_forgets_history_on_reset(case4_run):

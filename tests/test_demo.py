@@ -136,7 +136,9 @@ def test_follow_up_jobs_run_once_their_job_has_finished(capsys):
 
     def evaluate_when_trained(name, result):
         assert result["label"] == name and result["job_seconds"] >= 0
-        return {f"{name} evaluation": (job, (f"{name} evaluation",))} if name in ("train a", "train b") else None
+        return (
+            {f"{name} evaluation": (job, (f"{name} evaluation",))} if name in ("train a", "train b") else None
+        )
 
     pool = JobPool(1, "lite")
     results = pool.run(

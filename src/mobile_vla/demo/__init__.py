@@ -406,8 +406,9 @@ DEPARTURE_REASONS: dict[str, str] = {
     "frame_selection": "every frame of every training episode each epoch: with cached features a frame costs "
     "nothing after its first pass, and one random frame per episode per epoch (the seed's) leaves most of a "
     "small dataset unused.",
-    "epochs": "the demo's cap on epochs (early stopping on validation loss usually ends sooner), so that the "
-    "whole job fits in 15 minutes on 2 CPU cores.",
+    "epochs": "the demo's cap on epochs, so that the whole job fits in 15 minutes on 2 CPU cores. Early stopping "
+    "on the validation action loss may end a case sooner; a case that trains all of them may not have reached "
+    "its plateau (its loss curve and best epoch are in its section below).",
     "early_stopping_patience": "the validation split holds ~10 episodes, so its loss is noisy: with the seed's "
     "patience of 3 Case 1 once stopped after 5 of 20 epochs (an early lucky epoch stood for three noisy ones).",
     "mirror": "left/right mirror augmentation: heads trained without it lean to one side (Case 4's key-class "
