@@ -160,16 +160,20 @@ def save_resume_state(
     scheduler: Any,
     epoch: int,
     counters: Mapping[str, Any],
+    averaged: Sequence[torch.Tensor] | None = None,
 ) -> Path:
     """Everything to continue after ``epoch`` (0-based, completed), written atomically (JSON last).
 
-    The head's weights are stored here too, so resuming never depends on which checkpoint was written last.
+    The head's weights are stored here too, so resuming never depends on which checkpoint was written last;
+    ``averaged``: the weight average's tensors (``training.averaging``), stored as ``average.{i}``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     for name, value in model.state_dict().items():
         tensors[f"model.{name}"] = value.detach().to("cpu").contiguous()
+    for i, value in enumerate(averaged or ()):
+        tensors[f"average.{i}"] = value.detach().to("cpu").contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -240,9 +244,16 @@ def resume_state_dir(directory: str | Path) -> Path:
 
 
 def load_resume_state(
-    directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    averaged: Any = None,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG states; returns ``{"epoch": ..., "counters": {...}}``."""
+    """Restore weights, optimizer, scheduler and RNG states; returns ``{"epoch": ..., "counters": {...}}``.
+
+    ``averaged``: a ``WeightAverage`` to restore too (an error if the state holds none)."""
     directory = resume_state_dir(directory)
     json_path, tensor_path = directory / "state.json", directory / "state.safetensors"
     if not json_path.is_file() or not tensor_path.is_file():
@@ -257,6 +268,13 @@ def load_resume_state(
             f"{directory}: state.json and state.safetensors disagree on the epoch; the save was cut"
         )
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    if averaged is not None:
+        count = sum(1 for k in tensors if k.startswith("average."))
+        if not count:
+            raise ValueError(
+                f"{directory}: the run averages its weights (ema_decay), but the state holds no average"
+            )
+        averaged.load([tensors[f"average.{i}"] for i in range(count)])
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])

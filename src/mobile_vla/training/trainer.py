@@ -14,6 +14,7 @@ This module owns the ``Trainer`` and its ``Callback`` interface; the set-up (see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from mobile_vla.runs.directory import (  # noqa: F401  (read_run_config, STATUSE
     write_run_config,
     write_summary,
 )
+from mobile_vla.training.averaging import WeightAverage
 from mobile_vla.training.class_weights import class_weight_record
 from mobile_vla.training.config import TrainConfig
 from mobile_vla.training.distributed import DistributedContext, scratch_run_dir
@@ -303,6 +305,10 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=cfg.scheduler_t_max, eta_min=cfg.scheduler_eta_min
         )
+        self.average = None
+        if cfg.ema_decay > 0:  # built before a resume state is loaded into it
+            self.average = WeightAverage(trainable, cfg.ema_decay)
+            self.average.attach(optimizer)
         counters = {
             "best_val_loss": math.inf,
             "best_epoch": -1,
@@ -312,7 +318,11 @@ class Trainer:
         start_epoch = 0
         if self._resuming and not restart:
             state = load_resume_state(
-                run_dir / "resume", model=policy, optimizer=optimizer, scheduler=scheduler
+                run_dir / "resume",
+                model=policy,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                averaged=self.average,
             )
             start_epoch = state["epoch"] + 1
             counters.update(state["counters"])
@@ -397,45 +407,50 @@ class Trainer:
         for epoch in epochs:
             started = time.perf_counter()
             train_loss, train_logs, n_train = self._train_epoch(policy, optimizer, epoch)
-            val = None
-            if self.datasets["val"] is not None:
-                val = predict_dataset(
-                    policy,
-                    self.provider,
-                    self.datasets["val"],
-                    batch_size=cfg.batch_size,
-                    device=self.device,
-                    progress=self.progress,
-                    desc=f"val {epoch}",
+            # With weight averaging, the average is what is validated and saved (best and last).
+            averaged = self.average.swapped() if self.average is not None else contextlib.nullcontext()
+            with averaged:
+                val = None
+                if self.datasets["val"] is not None:
+                    val = predict_dataset(
+                        policy,
+                        self.provider,
+                        self.datasets["val"],
+                        batch_size=cfg.batch_size,
+                        device=self.device,
+                        progress=self.progress,
+                        desc=f"val {epoch}",
+                    )
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                # Early stopping and "best" follow the validation *action* loss (Huber on the predicted action; a
+                # case's auxiliary terms, e.g. Case 4's task and state losses, are left out); without a validation
+                # split, the training action loss.
+                monitored = (
+                    val["action_loss"] if val is not None else train_logs.get("action_loss", train_loss)
                 )
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            # Early stopping and "best" follow the validation *action* loss (Huber on the predicted action; a
-            # case's auxiliary terms, e.g. Case 4's task and state losses, are left out); without a validation
-            # split, the training action loss.
-            monitored = val["action_loss"] if val is not None else train_logs.get("action_loss", train_loss)
-            improved = monitored < counters["best_val_loss"] - cfg.early_stopping_min_delta
-            if improved:
-                counters.update(best_val_loss=monitored, best_epoch=epoch, epochs_without_improvement=0)
+                improved = monitored < counters["best_val_loss"] - cfg.early_stopping_min_delta
+                if improved:
+                    counters.update(best_val_loss=monitored, best_epoch=epoch, epochs_without_improvement=0)
+                    save_head(
+                        run_dir / "best.safetensors",
+                        policy,
+                        fingerprint_hash=fingerprint,
+                        action_dims=policy.action_dims,
+                        case=self.case.name,
+                        epoch=epoch,
+                        extra={"val_loss": monitored},
+                    )
+                else:
+                    counters["epochs_without_improvement"] += 1
                 save_head(
-                    run_dir / "best.safetensors",
+                    run_dir / "last.safetensors",
                     policy,
                     fingerprint_hash=fingerprint,
                     action_dims=policy.action_dims,
                     case=self.case.name,
                     epoch=epoch,
-                    extra={"val_loss": monitored},
                 )
-            else:
-                counters["epochs_without_improvement"] += 1
-            save_head(
-                run_dir / "last.safetensors",
-                policy,
-                fingerprint_hash=fingerprint,
-                action_dims=policy.action_dims,
-                case=self.case.name,
-                epoch=epoch,
-            )
             epoch_time = time.perf_counter() - started
             counters["wall_time_s"] = float(counters["wall_time_s"]) + epoch_time
             record = {
@@ -466,6 +481,7 @@ class Trainer:
                 scheduler=scheduler,
                 epoch=epoch,
                 counters=counters,
+                averaged=self.average.averaged if self.average is not None else None,
             )
             self._write_summary(self._summary("running", counters, epoch))
             for cb in self.callbacks:
