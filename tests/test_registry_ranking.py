@@ -150,3 +150,15 @@ def test_competition_ranks_after_a_tie():
     ).groups[0]
     assert [s.rank for s in group.scores] == [1, 1, 3]
     assert assign_ranks([], higher_is_better=False) == []
+
+
+def test_between_equal_estimates_the_smaller_model_comes_first():
+    runs = [
+        run("big", 0.2, (0.15, 0.25), closed=(0.92, (0.84, 0.96), 96)),
+        run("small", 0.3, (0.25, 0.35), closed=(0.92, (0.84, 0.96), 96)),
+        run("unknown", 0.3, (0.25, 0.35), closed=(0.92, (0.84, 0.96), 96)),
+    ]
+    runs[0].metrics["model/trainable_params"] = 15_000_000.0
+    runs[1].metrics["model/trainable_params"] = 850_000.0
+    group = rank_runs(runs).groups[0]
+    assert [(s.run.name, s.rank) for s in group.scores] == [("small", 1), ("big", 1), ("unknown", 1)]

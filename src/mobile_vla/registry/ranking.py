@@ -28,6 +28,7 @@ frames. The rules here:
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,7 +198,8 @@ def assign_ranks(
     best first. The comparisons made are appended to ``comparisons`` when given.
 
     Every score must have an interval. Tie groups are ordered by their best point value; within a tie group
-    the order shown is by point value, the rank equal.
+    the order shown is by point value, then by trainable parameters (fewer first: between equal estimates,
+    the model that is cheaper to run on the robot), the rank equal.
     """
     n = len(scores)
     parent = list(range(n))
@@ -223,11 +225,17 @@ def assign_ranks(
     out: list[Score] = []
     for group in ordered:
         rank = len(out) + 1
-        for s in sorted(group, key=lambda s: sign * s.value):
+        # Equal point values: the smaller model first (cheaper on the robot's computer), else the given order.
+        for s in sorted(group, key=lambda s: (sign * s.value, _size(s))):
             s.rank = rank
             s.tied_with = sorted(o.run.name for o in group if o is not s)
             out.append(s)
     return out
+
+
+def _size(score: Score) -> float:
+    """A run's trainable parameters (``model/trainable_params``); unknown sorts last."""
+    return float(score.run.metrics.get("model/trainable_params", math.inf))
 
 
 def rank_runs(

@@ -476,7 +476,8 @@ class Registry:
     ) -> dict[str, Any]:
         """Promote the top run of the ranking (`mobile_vla.registry.ranking`); one dataset group is required.
 
-        Among runs tied at rank 1 the best point estimate is taken: the result's ``tied_with`` says which runs
+        Among runs tied at rank 1 the best point estimate is taken (between equal estimates, the run with fewer
+        trainable parameters): the result's ``tied_with`` says which runs
         the data cannot tell apart from it (by a paired test on the same episodes/seeds where the artifacts
         allow; ``tie_tests`` says how each was decided), so the caller can say so.
         """
