@@ -13,8 +13,10 @@ not depend on them).
   nothing of it can be cached), at the seed's batch 2 and at 8.
 - `demo_before`: what the demo trained before (``use_vision_resampler: false``, ``action_space: keys``,
   batch 32): cheap per sample, but it drove in 50% of the demo's episodes.
-- `demo`: what the demo trains now: the seed's recipe (regression, batch 2) with the frames' pooled features
-  projected (``use_vision_resampler: false``).
+- `demo_raw`: the seed's recipe (regression, batch 2) with the frames' pooled features projected
+  (``use_vision_resampler: false``), at batch 2, 8 and 32.
+- `demo`: what the demo trains now: `demo_raw` at batch 2 plus the weight average (``ema_decay: 0.999``)
+  updated after every step.
 
 At batch 2 a step of this 15 M-parameter head is bound by touching its weights (forward, backward, clipping,
 AdamW all read or write every parameter), not by arithmetic, so a sample costs far more than at batch 32.
@@ -35,6 +37,7 @@ from common import machine, write_result
 
 from mobile_vla.policies.base import FeatureDims
 from mobile_vla.policies.registry import create_policy
+from mobile_vla.training.averaging import WeightAverage
 
 DIMS = FeatureDims(vision=1280, text=384, token_dim=1280, num_image_tokens=49)
 W, K, H = 4, 5, 5
@@ -60,18 +63,23 @@ def batch_of(size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor
     return features, targets
 
 
-# name -> (policy overrides, batch sizes); the first batch size is the one the configuration trains with.
-CONFIGS: dict[str, tuple[dict, tuple[int, ...]]] = {
-    "seed": ({"use_vision_resampler": True}, (2, 8)),
-    "demo_before": ({"use_vision_resampler": False, "action_space": "keys"}, (32,)),
-    "demo": ({"use_vision_resampler": False}, (2, 8, 32)),
+# name -> (policy overrides, batch sizes, ema_decay); the first batch size is the one it trains with.
+CONFIGS: dict[str, tuple[dict, tuple[int, ...], float]] = {
+    "seed": ({"use_vision_resampler": True}, (2, 8), 0.0),
+    "demo_before": ({"use_vision_resampler": False, "action_space": "keys"}, (32,), 0.0),
+    "demo_raw": ({"use_vision_resampler": False}, (2, 8, 32), 0.0),
+    "demo": ({"use_vision_resampler": False}, (2,), 0.999),
 }
 
 
-def step_times(policy_overrides: dict, size: int, repeats: int) -> tuple[list[float], int]:
+def step_times(
+    policy_overrides: dict, size: int, repeats: int, ema_decay: float = 0.0
+) -> tuple[list[float], int]:
     torch.manual_seed(0)
     policy = create_policy("case4", DIMS, **policy_overrides)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=1e-3)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=1e-3, fused=True)
+    if ema_decay:  # the demo's weight average, updated after every step as the Trainer does
+        WeightAverage(policy.parameters(), ema_decay).attach(optimizer)
     features, targets = batch_of(size)
 
     def step() -> None:
@@ -100,10 +108,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result: dict = {"machine": machine(), "repeats": args.repeats, "epoch_windows": args.epoch_windows}
     result["configs"] = {}
-    for name, (overrides, sizes) in CONFIGS.items():
-        entry: dict = {"policy": overrides, "trains_at_batch": sizes[0], "batch_sizes": {}}
+    for name, (overrides, sizes, ema_decay) in CONFIGS.items():
+        entry: dict = {
+            "policy": overrides,
+            "ema_decay": ema_decay,
+            "trains_at_batch": sizes[0],
+            "batch_sizes": {},
+        }
         for size in sizes:
-            times, params = step_times(overrides, size, args.repeats)
+            times, params = step_times(overrides, size, args.repeats, ema_decay)
             rates = sorted(size / t for t in times)
             median = statistics.median(rates)
             entry["trainable_parameters"] = params
