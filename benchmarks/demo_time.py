@@ -1,6 +1,6 @@
 """The main job's wall time on this machine: `mobile-vla demo` with its default plan, from an empty cache.
 
-    python benchmarks/demo_time.py                       # run the full demo (about 10-15 minutes on 2 cores)
+    python benchmarks/demo_time.py                       # run the full demo (about 9-10 minutes on 2 idle cores)
     python benchmarks/demo_time.py --out DIR             # keep the demo's output (report, runs) in DIR
     python benchmarks/demo_time.py --summary OUT/demo_summary.json   # record a demo that already ran
 

@@ -110,3 +110,17 @@ def test_an_interrupted_averaged_run_resumes_to_the_same_weights(episodes, tmp_p
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_a_resume_state_without_the_average_is_refused_for_an_averaged_run(tmp_path):
+    from mobile_vla.runs.checkpoints import load_resume_state, save_resume_state
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    save_resume_state(tmp_path, model=layer, optimizer=optimizer, scheduler=scheduler, epoch=0, counters={})
+    average = WeightAverage(layer.parameters(), 0.9)
+    with pytest.raises(ValueError, match="averages 2 weight tensors"):
+        load_resume_state(
+            tmp_path, model=layer, optimizer=optimizer, scheduler=scheduler, averaged=average.averaged
+        )

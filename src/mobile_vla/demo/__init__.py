@@ -395,7 +395,7 @@ def _by_expected_cost(configs: dict[str, Any], backbone: Any) -> list[str]:
             head = create_policy(case, backbone, **(c.policy or {}))
             size = sum(p.numel() for p in head.parameters() if p.requires_grad)
             tokens = any("tokens" in name for name in head.required_features)
-        except Exception:  # a head that needs extra encoders to be built: a middling guess
+        except ValueError:  # a head that needs its extra encoders first (Case 2's CLIP): a middling guess
             size, tokens = 1_000_000, True
         return (4.0 if tokens else 1.0) * size * c.epochs / max(1, c.batch_size)
 

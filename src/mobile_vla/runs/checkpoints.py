@@ -249,11 +249,12 @@ def load_resume_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    averaged: Any = None,
+    averaged: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG states; returns ``{"epoch": ..., "counters": {...}}``.
 
-    ``averaged``: a ``WeightAverage`` to restore too (an error if the state holds none)."""
+    ``averaged``: the weight average's tensors, filled in place from ``average.{i}`` (an error if the state
+    holds another number of them)."""
     directory = resume_state_dir(directory)
     json_path, tensor_path = directory / "state.json", directory / "state.safetensors"
     if not json_path.is_file() or not tensor_path.is_file():
@@ -269,12 +270,15 @@ def load_resume_state(
         )
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     if averaged is not None:
-        count = sum(1 for k in tensors if k.startswith("average."))
-        if not count:
+        stored = [tensors[f"average.{i}"] for i in range(sum(k.startswith("average.") for k in tensors))]
+        if len(stored) != len(averaged):
             raise ValueError(
-                f"{directory}: the run averages its weights (ema_decay), but the state holds no average"
+                f"{directory}: the run averages {len(averaged)} weight tensors (ema_decay), the state holds "
+                f"{len(stored)}"
             )
-        averaged.load([tensors[f"average.{i}"] for i in range(count)])
+        with torch.no_grad():
+            for mine, theirs in zip(averaged, stored, strict=True):
+                mine.copy_(theirs)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])

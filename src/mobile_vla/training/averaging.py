@@ -9,7 +9,7 @@ moved by 20 points between epochs and training seeds, it narrowed that spread (d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -36,15 +36,6 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], 1.0 - self.decay)
-
-    @torch.no_grad()
-    def load(self, tensors: Sequence[torch.Tensor]) -> None:
-        if len(tensors) != len(self.averaged):
-            raise ValueError(
-                f"WeightAverage: {len(tensors)} averaged tensors for {len(self.averaged)} parameters"
-            )
-        for mine, theirs in zip(self.averaged, tensors, strict=True):
-            mine.copy_(theirs)
 
     @contextmanager
     def swapped(self) -> Iterator[None]:

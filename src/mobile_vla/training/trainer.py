@@ -322,7 +322,7 @@ class Trainer:
                 model=policy,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                averaged=self.average,
+                averaged=self.average.averaged if self.average is not None else None,
             )
             start_epoch = state["epoch"] + 1
             counters.update(state["counters"])
